@@ -1,0 +1,167 @@
+"""Typed model configuration and the named shapes.
+
+`ModelConfig` describes one recurrent-depth transformer: prelude, core (iterated), coda. It is a
+frozen dataclass validated at construction; bad shapes raise `HuginnError` with one line. The
+published Huginn-0125 field names (RavenConfig) are mapped onto it at the transformers boundary
+(`huginn.hf.configuration`), not here. Non-goal: training or inference settings (see `huginn.train`
+and `huginn.infer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from huginn.errors import HuginnError, one_of
+
+BlockType = Literal["sandwich", "prenorm", "postnorm"]
+InjectionType = Literal["linear", "add"]
+BLOCK_TYPES: tuple[str, ...] = ("sandwich", "prenorm", "postnorm")
+INJECTION_TYPES: tuple[str, ...] = ("linear", "add")
+
+
+def find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - (n % k)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a recurrent-depth model. Defaults are nebel-raven-3.5b (Huginn-0125)."""
+
+    n_embd: int = 5280
+    n_heads: int = 55
+    n_kv_heads: int | None = None  # None: n_heads (multi-head attention)
+    head_dim: int | None = None  # None: n_embd // n_heads
+    intermediate_size: int = 17920  # GLU width
+    vocab_size: int = 65536
+    padding_multiple: int = 4096  # the embedding has padded_vocab_size rows
+    block_size: int = 4096  # longest sequence (size of the RoPE table)
+    rope_base: float = 50_000.0
+    rope_scaling: dict[str, Any] | None = None  # e.g. {"rope_type": "llama3", ...} for retrofitted bases
+    n_layers_in_prelude: int = 2
+    n_layers_in_recurrent_block: int = 4
+    n_layers_in_coda: int = 2
+    mean_recurrence: int = 32
+    mean_backprop_depth: int = 8
+    injection_type: InjectionType = "linear"
+    qk_bias: bool = True
+    qk_norm: bool = False  # OLMo-2 style RMSNorm over the whole q and k projections
+    tie_embeddings: bool = True
+    embed_scale: float | None = None  # None: sqrt(n_embd), as Huginn
+    norm_eps: float = 1e-6
+    block_type: BlockType = "sandwich"
+    init_std: float | None = None  # None: sqrt(2 / (5 n_embd)) (Takase init, Huginn's "std")
+    state_init_scale: float = 1.0  # scale of the initial state's noise; 0 gives a zero state
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown published fields, kept for round trips
+
+    def __post_init__(self) -> None:
+        for name in ("n_embd", "n_heads", "intermediate_size", "vocab_size", "block_size", "n_layers_in_recurrent_block"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise HuginnError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("n_layers_in_prelude", "n_layers_in_coda", "mean_backprop_depth"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise HuginnError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        if self.mean_recurrence < 1:
+            raise HuginnError(f"mean_recurrence must be >= 1, got {self.mean_recurrence}")
+        if self.head_dim is None and self.n_embd % self.n_heads:
+            raise HuginnError(
+                f"n_embd {self.n_embd} is not divisible by n_heads {self.n_heads}; "
+                "pick a width that is a multiple of the head count, or set head_dim"
+            )
+        if self.n_heads % self.kv_heads:
+            raise HuginnError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.kv_heads}")
+        if self.dim_head % 2:
+            raise HuginnError(f"head_dim must be even for rotary embeddings, got {self.dim_head}")
+        if self.qk_bias and self.kv_heads != self.n_heads:
+            raise HuginnError("qk_bias needs n_kv_heads == n_heads (grouped-query bases have no qk bias)")
+        if self.block_type not in BLOCK_TYPES:
+            raise one_of("block_type", self.block_type, BLOCK_TYPES)
+        if self.injection_type not in INJECTION_TYPES:
+            raise one_of("injection_type", self.injection_type, INJECTION_TYPES)
+        if self.padding_multiple < 1:
+            raise HuginnError(f"padding_multiple must be >= 1, got {self.padding_multiple}")
+        if self.state_init_scale < 0:
+            raise HuginnError(f"state_init_scale must be >= 0, got {self.state_init_scale}")
+
+    # derived values -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def dim_head(self) -> int:
+        return self.n_embd // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return find_multiple(self.vocab_size, self.padding_multiple)
+
+    @property
+    def emb_scale(self) -> float:
+        return math.sqrt(self.n_embd) if self.embed_scale is None else float(self.embed_scale)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(2 / (5 * self.n_embd)) if self.init_std is None else float(self.init_std)
+
+    @property
+    def n_layers(self) -> int:
+        return self.n_layers_in_prelude + self.n_layers_in_recurrent_block + self.n_layers_in_coda
+
+    @property
+    def effective_expected_depth(self) -> int:
+        return self.n_layers_in_prelude + self.n_layers_in_coda + self.n_layers_in_recurrent_block * self.mean_recurrence
+
+    @property
+    def out_proj_std(self) -> float:
+        return self.std / math.sqrt(2 * self.effective_expected_depth)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise HuginnError(f"unknown model config field(s) {sorted(unknown)}; valid: {', '.join(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("extra")
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise HuginnError(f"unknown model config field(s) {sorted(unknown)}; valid: {', '.join(sorted(names - {'extra'}))}")
+        return cls(**d)
+
+
+# Named shapes. Parameter counts are printed by `huginn info NAME` (and tested).
+SHAPES: dict[str, ModelConfig] = {
+    # the published Huginn-0125 model: 3,564,976,800 parameters (tied matrix counted once)
+    "nebel-raven-3.5b": ModelConfig(),
+    # the shape of the reference fixture: 2+4+2 layers, width 64
+    "tiny": ModelConfig(
+        n_embd=64, n_heads=4, intermediate_size=128, vocab_size=256, padding_multiple=64, block_size=128,
+        mean_recurrence=4, mean_backprop_depth=2,
+    ),
+    # the benchmark shape of the inference and training issues: 2+4+2 layers, width 256
+    "small": ModelConfig(
+        n_embd=256, n_heads=4, intermediate_size=768, vocab_size=4096, padding_multiple=64, block_size=1024,
+        mean_recurrence=8, mean_backprop_depth=4,
+    ),
+    # a CPU-trainable model with a byte-sized vocabulary of a real tokenizer
+    "base": ModelConfig(
+        n_embd=512, n_heads=8, intermediate_size=1536, vocab_size=32768, padding_multiple=256, block_size=2048,
+        mean_recurrence=16, mean_backprop_depth=4,
+    ),
+}
+
+
+def named_shape(name: str, **overrides: Any) -> ModelConfig:
+    """The named shape `name`, with optional field overrides."""
+    if name not in SHAPES:
+        raise one_of("model shape", name, SHAPES)
+    return SHAPES[name].replace(**overrides) if overrides else SHAPES[name]

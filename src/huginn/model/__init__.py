@@ -1,0 +1,4 @@
+"""The recurrent-depth model in plain torch: layers, the prelude/core/coda model, weight init.
+
+Imports only torch (and the typed config). No transformers, no torch.distributed.
+"""
