@@ -51,7 +51,9 @@ PUBLISHED_DEFAULTS: dict[str, Any] = {
     "activation_checkpoint_impl": "per-iteration",
 }
 # our extensions: written only when set
-EXTENSION_DEFAULTS: dict[str, Any] = {"rope_scaling_config": None, "qk_norm": False, "embed_scale": None, "init_std": None}
+EXTENSION_DEFAULTS: dict[str, Any] = {
+    "rope_scaling_config": None, "qk_norm": False, "embed_scale": None, "init_std": None, "coda_input_norm": True,
+}
 
 
 class RavenConfig(PretrainedConfig):
@@ -125,6 +127,7 @@ class RavenConfig(PretrainedConfig):
             embed_scale=float(self.init_values["embed_scale"]),
             norm_eps=self.norm_eps,
             block_type=BLOCK_TYPES_BY_CLASS[self.block_class_name],
+            coda_input_norm=bool(self.coda_input_norm),
             init_std=float(self.init_values["std"]),
         )
 
@@ -155,6 +158,7 @@ class RavenConfig(PretrainedConfig):
             rope_scaling_config=mc.rope_scaling,
             embed_scale=None if mc.embed_scale is None else mc.emb_scale,
             init_std=mc.init_std,
+            coda_input_norm=mc.coda_input_norm,
         )
         fields.update(kwargs)
         return cls(**fields)
