@@ -25,17 +25,14 @@ def parse_layers(text: str, *, part: str = "layer list") -> tuple[int, ...]:
         item = item.strip()
         lo, sep, hi = item.partition("-")
         try:
-            if sep:
-                start, stop = int(lo), int(hi)
-                if stop < start:
-                    raise HuginnError(f"{part}: range {item!r} runs backwards; write it as {stop}-{start}")
-                out.extend(range(start, stop + 1))
-            else:
-                out.append(int(item))
+            start, stop = (int(lo), int(hi)) if sep else (int(item), int(item))
         except ValueError:
             raise HuginnError(
                 f"{part}: cannot read {item!r}; use layer indices, ranges and commas, e.g. 0-3 or 0,2,5-7"
             ) from None
+        if stop < start:
+            raise HuginnError(f"{part}: range {item!r} runs backwards; write it as {stop}-{start}")
+        out.extend(range(start, stop + 1))
     return tuple(out)
 
 
