@@ -43,3 +43,17 @@ def tiny_model(seed: int = 0, **overrides):
     torch.manual_seed(seed)
     cfg = RavenConfig.from_model_config(named_shape("tiny", **overrides))
     return RavenForCausalLM(cfg).eval()
+
+
+def run_huginn(*args: str, check: bool = True, timeout: int = 600, cwd=None, env_extra: dict | None = None):
+    """Run `python -m huginn ARGS` on this checkout's sources; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env_extra or {}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "huginn", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

@@ -58,6 +58,15 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown published fields, kept for round trips
 
     def __post_init__(self) -> None:
+        # resolve the derived defaults once, so equal shapes compare equal
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.head_dim is None and self.n_heads > 0 and self.n_embd % self.n_heads == 0:
+            object.__setattr__(self, "head_dim", self.n_embd // self.n_heads)
+        if self.embed_scale is None and self.n_embd > 0:
+            object.__setattr__(self, "embed_scale", math.sqrt(self.n_embd))
+        if self.init_std is None and self.n_embd > 0:
+            object.__setattr__(self, "init_std", math.sqrt(2 / (5 * self.n_embd)))
         for name in ("n_embd", "n_heads", "intermediate_size", "vocab_size", "block_size", "n_layers_in_recurrent_block"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise HuginnError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -123,6 +132,16 @@ class ModelConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise HuginnError(f"unknown model config field(s) {sorted(unknown)}; valid: {', '.join(f.name for f in dataclasses.fields(self))}")
+        # fields still at their derived default follow their base (a new width gets a new head_dim)
+        derived = {
+            "n_kv_heads": self.n_heads,
+            "head_dim": self.n_embd // self.n_heads,
+            "embed_scale": math.sqrt(self.n_embd),
+            "init_std": math.sqrt(2 / (5 * self.n_embd)),
+        }
+        for name, value in derived.items():
+            if name not in changes and getattr(self, name) == value:
+                changes[name] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

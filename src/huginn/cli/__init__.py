@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("huginn: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as err:
+        click.echo(err.format_message())  # bare `huginn`: the help, not an error
     except click.ClickException as err:
         # usage mistakes: one line, the fix is in `--help`
         click.echo(f"huginn: error: {err.format_message()} (see `huginn {_sub(argv)}--help`)", err=True)

@@ -156,8 +156,9 @@ class RavenConfig(PretrainedConfig):
             qk_norm=mc.qk_norm,
             rope_base=mc.rope_base if mc.rope_base != int(mc.rope_base) else int(mc.rope_base),
             rope_scaling_config=mc.rope_scaling,
-            embed_scale=None if mc.embed_scale is None else mc.emb_scale,
-            init_std=mc.init_std,
+            # written only where they differ from Huginn's derived values
+            embed_scale=None if math.isclose(mc.emb_scale, math.sqrt(mc.n_embd)) else mc.emb_scale,
+            init_std=None if math.isclose(mc.std, math.sqrt(2 / (5 * mc.n_embd))) else mc.std,
             coda_input_norm=mc.coda_input_norm,
         )
         fields.update(kwargs)

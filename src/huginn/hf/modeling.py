@@ -136,12 +136,14 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
     def from_pretrained(cls, *args, **kwargs):
         """Load a published-format checkpoint; missing or unexpected weights are an error, named."""
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+        # let transformers finish loading, then report every problem in one line of our own
+        model, info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
         missing = sorted(k for k in info.get("missing_keys", ()) if k not in _OPTIONAL_KEYS)
         if model.model_config.tie_embeddings:
             missing = [k for k in missing if k != "lm_head.weight"]
         unexpected = sorted(k for k in info.get("unexpected_keys", ()) if k not in _OPTIONAL_KEYS)
-        mismatched = info.get("mismatched_keys", ())
+        mismatched = () if allow_mismatch else info.get("mismatched_keys", ())
         if missing or unexpected or mismatched:
             parts = []
             if missing:

@@ -1,0 +1,51 @@
+"""The `huginn` command: help, version, info, demo and one-line errors."""
+
+import json
+
+import pytest
+
+from huginn import __version__
+
+from tests.conftest import run_huginn as huginn
+
+
+def test_version_and_help():
+    assert __version__ in huginn("--version").stdout
+    out = huginn("--help").stdout
+    for sub in ("info", "demo"):
+        assert sub in out
+
+
+def test_info_named_shape_json():
+    data = json.loads(huginn("info", "nebel-raven-3.5b", "--json", "--steps", "1,32").stdout)
+    assert data["parameters"]["total"] == 3_564_976_800
+    assert [row["num_steps"] for row in data["cost"]] == [1, 32]
+    assert data["cost"][1]["materialized_params"] > 15 * data["cost"][0]["materialized_params"] / 2
+
+
+def test_info_checkpoint(fixture_dir):
+    out = huginn("info", str(fixture_dir)).stdout
+    assert "355,392" in out and "2/4/2" in out
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [(["info", "no/such/dir"], "not a checkpoint directory"), (["info", "tiny", "--steps", "0"], "--steps"),
+     (["nonsense"], "No such command")],
+)
+def test_errors_are_one_line(args, needle):
+    proc = huginn(*args, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_unknown_model_type(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    proc = huginn("info", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "unknown model_type 'llama'" in proc.stderr
+
+
+def test_demo_runs():
+    out = huginn("demo", "--shape", "tiny", "--steps", "1,4,8", "--seq-len", "8").stdout
+    assert "num_steps" in out
