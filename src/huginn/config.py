@@ -52,6 +52,7 @@ class ModelConfig:
     embed_scale: float | None = None  # None: sqrt(n_embd), as Huginn
     norm_eps: float = 1e-6
     block_type: BlockType = "sandwich"
+    coda_input_norm: bool = True  # ln_f on the state before the coda (Huginn); retrofitted bases have no norm there
     init_std: float | None = None  # None: sqrt(2 / (5 n_embd)) (Takase init, Huginn's "std")
     state_init_scale: float = 1.0  # scale of the initial state's noise; 0 gives a zero state
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown published fields, kept for round trips

@@ -51,7 +51,9 @@ PUBLISHED_DEFAULTS: dict[str, Any] = {
     "activation_checkpoint_impl": "per-iteration",
 }
 # our extensions: written only when set
-EXTENSION_DEFAULTS: dict[str, Any] = {"rope_scaling_config": None, "qk_norm": False, "embed_scale": None, "init_std": None}
+EXTENSION_DEFAULTS: dict[str, Any] = {
+    "rope_scaling_config": None, "qk_norm": False, "embed_scale": None, "init_std": None, "coda_input_norm": True,
+}
 
 
 class RavenConfig(PretrainedConfig):
@@ -125,6 +127,7 @@ class RavenConfig(PretrainedConfig):
             embed_scale=float(self.init_values["embed_scale"]),
             norm_eps=self.norm_eps,
             block_type=BLOCK_TYPES_BY_CLASS[self.block_class_name],
+            coda_input_norm=bool(self.coda_input_norm),
             init_std=float(self.init_values["std"]),
         )
 
@@ -156,6 +159,7 @@ class RavenConfig(PretrainedConfig):
             # written only where they differ from Huginn's derived values
             embed_scale=None if math.isclose(mc.emb_scale, math.sqrt(mc.n_embd)) else mc.emb_scale,
             init_std=None if math.isclose(mc.std, math.sqrt(2 / (5 * mc.n_embd))) else mc.std,
+            coda_input_norm=mc.coda_input_norm,
         )
         fields.update(kwargs)
         return cls(**fields)

@@ -4,6 +4,7 @@
     s_0    = init_state(e)                        # truncated normal * init_scale, or given
     s_i    = core(inject(s_{i-1}, e))             # i = 1 .. num_steps
     logits = head(ln_f(coda(ln_f(s_r))))          # the same ln_f twice, as published
+                                                  # (coda_input_norm=False: head(ln_f(coda(s_r))), retrofits)
 
 `num_steps` is an int (every step differentiable) or a pair (no_grad_steps, grad_steps) for
 truncated backprop. The model never decides its own depth: callers pass it (training samples it
@@ -163,7 +164,8 @@ class RecurrentLM(nn.Module):
     def predict(self, state: Tensor, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
         """(logits, latents) from a state: ln_f, coda, ln_f again, head."""
         latents = self.transformer.ln_f(state)
-        x = latents
+        # a retrofitted base normalises only once, after its last layer
+        x = latents if self.model_config.coda_input_norm else state
         for i, block in enumerate(self.transformer.coda):
             x = block(x, ctx, -(i + 1))
         x = self.transformer.ln_f(x)
