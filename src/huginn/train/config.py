@@ -1,0 +1,281 @@
+"""The typed training job config: one dataclass per section, read from YAML, overridable by dotted keys.
+
+    model:      shape name + field overrides, or `init_from` a published-format checkpoint (fine-tuning)
+    data:       builtin | packed | chat, paths, sequence length
+    depth:      training depth sampler (scheme, mean, backprop depth, curriculum)
+    optim:      optimizer and its hyperparameters, gradient clipping
+    schedule:   learning-rate schedule
+    train:      steps, batch sizes, precision, checkpointing of activations, loss chunking, seed
+    eval:       validation depths and cadence, the final test-time-scaling sweep
+    checkpoint: save cadence and how many to keep
+    log:        logging cadence, TensorBoard / W&B, peak FLOP/s for MFU
+    parallel:   ddp | fsdp under torchrun
+
+Unknown keys are errors that name the valid ones; values from the command line are parsed as YAML
+scalars (`--set optim.lr=1e-3`). Non-goal: model shapes themselves (`huginn.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from huginn.errors import HuginnError, one_of
+
+
+@dataclass
+class ModelSection:
+    shape: str = "tiny"  # a named shape (huginn.config.SHAPES)
+    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {n_embd: 128}
+    init_from: str | None = None  # a published-format checkpoint folder: fine-tune it (shape ignored)
+
+
+@dataclass
+class DataSection:
+    kind: Literal["builtin", "packed", "chat"] = "builtin"
+    path: str | list[str] | None = None  # packed: token shard(s); chat: a jsonl of {"messages": [...]}
+    val_path: str | list[str] | None = None  # default: builtin held-out problems / the training data
+    tokenizer: str | None = None  # chat: tokenizer folder (default: model.init_from)
+    seq_len: int = 128  # tokens per row (inputs); rows hold seq_len + 1 tokens
+    val_samples: int = 64  # held-out rows for every validation
+
+
+@dataclass
+class DepthSection:
+    scheme: Literal["poisson-lognormal", "fixed"] = "poisson-lognormal"
+    mean_recurrence: int | None = None  # None: the model's mean_recurrence
+    backprop_depth: int | None = None  # None: the model's mean_backprop_depth
+    curriculum: Literal["none", "linear", "1-sqrt"] = "none"
+    curriculum_fraction: float = 0.25  # of max_steps
+
+
+@dataclass
+class OptimSection:
+    name: Literal["adamw", "ellis-adam", "muon"] = "adamw"
+    lr: float = 1e-3  # AdamW / ELLISAdam lr; with muon: the lr of embeddings, head, norms and biases
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    no_wd_on_embeddings: bool = False
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    muon_lr: float = 0.02
+    muon_weight_decay: float = 0.01
+    muon_momentum: float = 0.95
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] | None = "match_rms_adamw"
+    update_clipping: bool = True  # ELLISAdam switches, as Huginn-0125 was trained
+    running_init: bool = True
+    atan_adam: bool = True
+
+
+@dataclass
+class ScheduleSection:
+    kind: Literal["wsd", "cosine", "constant"] = "wsd"
+    warmup: float = 0.05  # fraction of max_steps if < 1, else steps
+    decay: float = 0.2  # wsd: the final fraction (or steps) that decays to min_lr_ratio
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 400
+    batch_size: int = 16  # global batch in rows (over all ranks and micro-batches)
+    micro_batch_size: int | None = None  # rows per rank per forward; None: batch_size / world size
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (matmuls in bf16, master weights fp32)
+    activation_checkpointing: bool = False  # per core iteration, grad steps only
+    compile: bool = False  # torch.compile each block
+    loss_chunk: int = 4096  # tokens per chunk of the head + loss; 0: plain loss
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    stop_after: int | None = None  # stop (with a checkpoint) after this many steps in this invocation
+
+
+@dataclass
+class EvalSection:
+    every: int = 0  # validate every N steps (0: only at the end)
+    num_steps: list[int] = field(default_factory=lambda: [1, 4])  # depths validated during training
+    scaling: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # final test-time-scaling sweep
+
+
+@dataclass
+class CheckpointSection:
+    save_every: int = 100
+    keep: int = 2
+
+
+@dataclass
+class LogSection:
+    every: int = 10
+    tensorboard: bool = False
+    wandb: bool = False
+    peak_flops: float | None = None  # FLOP/s of the hardware, for MFU; None: no MFU column
+    progress: bool = True
+
+
+@dataclass
+class ParallelSection:
+    kind: Literal["ddp", "fsdp"] = "ddp"  # used under torchrun (world size > 1)
+
+
+@dataclass
+class JobConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    depth: DepthSection = field(default_factory=DepthSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- reading ---------------------------------------------------------------------------------
+def _check_value(key: str, value: Any, hint: Any) -> Any:
+    """Validate (and lightly coerce) one value against its annotation; one-line error otherwise."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise one_of(f"value for {key}", value, typing.get_args(hint))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(key, value, arg)
+            except HuginnError as err:
+                errors.append(str(err))
+        raise HuginnError(errors[0] if len(errors) == 1 else f"bad value {value!r} for {key}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise HuginnError(f"{key} must be a list, got {value!r}")
+        (inner,) = typing.get_args(hint)[:1] or (Any,)
+        return [_check_value(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise HuginnError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise HuginnError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HuginnError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise HuginnError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise HuginnError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            where = f"section {prefix[:-1]!r}" if prefix else "the top level"
+            raise HuginnError(f"unknown config key {full!r}; valid keys in {where}: {', '.join(names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise HuginnError(f"config section {full!r} must be a mapping, got {value!r}")
+            kwargs[key] = _build(hint, value, f"{full}.")
+        else:
+            kwargs[key] = _check_value(full, value, hint)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise HuginnError(f"cannot set {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=1e-3' -> ('optim.lr', 0.001); the value is a YAML scalar or flow list."""
+    if "=" not in text:
+        raise HuginnError(f"override {text!r} must look like section.key=value (e.g. optim.lr=1e-3)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        # YAML reads 1e-3 as a string; numbers written that way are numbers here
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **explicit: Any) -> JobConfig:
+    """The job config from `path` (None: the built-in default), dotted `overrides`, then `explicit`
+    dotted keys (e.g. `**{"train.max_steps": 10}`)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise HuginnError(f"config file {str(p)!r} does not exist; pass a YAML file (see configs/) or none for the built-in default")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise HuginnError(f"config file {str(p)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise HuginnError(f"config file {str(p)!r} must hold a mapping of sections")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    for key, value in explicit.items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    cfg = _build(JobConfig, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: JobConfig) -> None:
+    t = cfg.train
+    for key, value in (("train.max_steps", t.max_steps), ("train.batch_size", t.batch_size), ("data.seq_len", cfg.data.seq_len)):
+        if value < 1:
+            raise HuginnError(f"{key} must be >= 1, got {value}")
+    if t.micro_batch_size is not None and t.micro_batch_size < 1:
+        raise HuginnError(f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}")
+    if cfg.data.kind in ("packed", "chat") and not cfg.data.path:
+        raise HuginnError(f"data.kind {cfg.data.kind!r} needs data.path (set it in the config or with --set data.path=...)")
+    if cfg.data.kind == "chat" and not (cfg.data.tokenizer or cfg.model.init_from):
+        raise HuginnError("data.kind 'chat' needs a tokenizer: set data.tokenizer or model.init_from")
+    if any(r < 1 for r in cfg.eval.num_steps + cfg.eval.scaling):
+        raise HuginnError("eval.num_steps and eval.scaling must hold depths >= 1")
+
+
+def dump_config(cfg: JobConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,78 @@
+"""The training forward: one module whose `forward` returns the loss, so DDP / FSDP2 can wrap it.
+
+    e      = prelude(embed(x))
+    s_0    = truncated-normal noise, seeded per row by its global row id (split-invariant)
+    s      = core^n(s_0) under no_grad, then core^k with gradients (optionally checkpointed per step)
+    loss   = chunked CE(head(ln_f(coda(ln_f(s)))), labels)
+
+It calls the model's step-level pieces (`context`, `embed`, `initialize_state`, `core_step`) rather
+than `model.forward`, because the memory-efficient loss needs the hidden state before the head.
+Gradients reach the prelude and embedding only through the k grad steps' injections, as published.
+Non-goals: sampling the depth (`steps.py`), choosing the optimizer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from huginn.model.recurrent import RecurrentLM
+from huginn.train.loss import linear_cross_entropy
+
+ROW_SEED = 982451653  # offsets state-noise seeds away from other generators
+
+
+class TrainForward(nn.Module):
+    def __init__(self, model: RecurrentLM, loss_chunk: int = 4096, checkpoint_core: bool = False, seed: int = 0):
+        super().__init__()
+        self.model = model
+        self.loss_chunk = loss_chunk
+        self.checkpoint_core = checkpoint_core
+        self.seed = seed
+
+    def initial_state(self, e: Tensor, row_ids: Tensor) -> Tensor:
+        rows = []
+        for i, rid in enumerate(row_ids.tolist()):
+            g = torch.Generator(device=e.device).manual_seed((ROW_SEED + self.seed * 1_000_003 + rid) % (2**63 - 1))
+            rows.append(self.model.initialize_state(e[i : i + 1], generator=g))
+        return torch.cat(rows)
+
+    def hidden(self, input_ids: Tensor, no_grad_steps: int, grad_steps: int, row_ids: Tensor) -> Tensor:
+        """The coda's normalised output (B, S, d): what the head reads."""
+        m = self.model
+        ctx = m.context(*input_ids.shape)
+        e = m.embed(input_ids, ctx)
+        state = self.initial_state(e, row_ids)
+        with torch.no_grad():
+            for step in range(no_grad_steps):
+                state = m.core_step(state, e, ctx, step)
+        for step in range(no_grad_steps, no_grad_steps + grad_steps):
+            if self.checkpoint_core and torch.is_grad_enabled():
+                state = checkpoint(m.core_step, state, e, ctx, step, use_reentrant=False)
+            else:
+                state = m.core_step(state, e, ctx, step)
+        x = m.transformer.ln_f(state)
+        for i, block in enumerate(m.transformer.coda):
+            x = block(x, ctx, -(i + 1))
+        return m.transformer.ln_f(x)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor,
+        no_grad_steps: int,
+        grad_steps: int,
+        row_ids: Tensor,
+        denom: Tensor | None = None,
+        answer_mask: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The loss (sum over labelled tokens / denom). With `answer_mask` (evaluation), also the
+        number of masked positions whose argmax prediction equals the label."""
+        h = self.hidden(input_ids, no_grad_steps, grad_steps, row_ids)
+        loss = linear_cross_entropy(h, self.model.lm_head.weight, labels, self.loss_chunk, denom)
+        if answer_mask is None:
+            return loss
+        at = h[answer_mask]  # (answers, d): only these rows need logits
+        pred = (at @ self.model.lm_head.weight.to(at.dtype).T).argmax(-1)
+        return loss, (pred == labels[answer_mask]).sum()

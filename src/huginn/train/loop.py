@@ -1,0 +1,233 @@
+"""The training loop: pretraining and fine-tuning of a recurrent-depth model, read top to bottom.
+
+    set up (process group, model, data, optimizer, depth sampler) -> resume from RUN if it holds a
+    checkpoint -> for each step: lr, depth, micro-batches (forward, backward), clip, step, log,
+    validate, save -> final checkpoint and the test-time-scaling report.
+
+Every source of randomness in a step is a function of (seed, step, row id): depth draws, data rows
+and initial states. That is what makes a resumed run equal the uninterrupted one bit for bit, and
+K processes equal one process at the same global batch (up to reduction order).
+Set-up, checkpointing and metrics are calls into sibling modules; there are no callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from huginn.config import ModelConfig, named_shape
+from huginn.errors import HuginnError
+from huginn.model.recurrent import RecurrentLM
+from huginn.train import checkpoint, corpus, report
+from huginn.train.config import JobConfig, dump_config
+from huginn.train.data import BuiltinSource, ChatSource, Layout, PackedSource
+from huginn.train.forward import TrainForward
+from huginn.train.metrics import Metrics, count_params
+from huginn.train.optim import build_optimizer, check_schedule, lr_factor, set_lr
+from huginn.train.parallel import Dist, all_sum, apply_parallel, barrier, init_distributed, no_sync, shutdown
+from huginn.train.steps import DepthSampler
+
+
+@dataclass
+class RunResult:
+    run: Path
+    step: int
+    losses: list[float] = field(default_factory=list)  # training loss of every step run in this call
+    scaling: dict[int, float] = field(default_factory=dict)
+    scaling_table: str = ""
+
+
+# --- set-up pieces ---------------------------------------------------------------------------
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    if not Path(path).exists():
+        raise HuginnError(f"tokenizer folder {path!r} does not exist; set data.tokenizer to a saved tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise HuginnError(f"cannot load a tokenizer from {path!r}: {str(err).splitlines()[0]}") from None
+
+
+def build_model(cfg: JobConfig) -> RecurrentLM:
+    """A fresh model of the configured shape, or the published-format checkpoint `model.init_from`."""
+    if cfg.model.init_from:
+        import huginn  # noqa: F401  (registers the Auto classes)
+        from huginn.hf import RavenForCausalLM
+
+        path = Path(cfg.model.init_from)
+        if not (path / "config.json").is_file():
+            raise HuginnError(f"model.init_from {str(path)!r} is not a checkpoint folder (no config.json); export a run or pass a Huginn checkpoint")
+        hf = RavenForCausalLM.from_pretrained(str(path))
+        mc = hf.model_config.replace(**cfg.model.overrides) if cfg.model.overrides else hf.model_config
+        model = RecurrentLM()
+        model.build(mc)
+        model.load_state_dict(hf.state_dict(), strict=False)
+        return model
+    overrides = dict(cfg.model.overrides)
+    if cfg.data.kind == "builtin" and "vocab_size" not in overrides:
+        overrides.update(vocab_size=corpus.VOCAB_SIZE, padding_multiple=16)  # the character alphabet
+    mc = named_shape(cfg.model.shape, **overrides)
+    if cfg.data.seq_len > mc.block_size:
+        raise HuginnError(f"data.seq_len {cfg.data.seq_len} exceeds the model's block_size {mc.block_size}; shorten it or set model.overrides.block_size")
+    return RecurrentLM(mc)
+
+
+def build_data(cfg: JobConfig, mc: ModelConfig, layout: Layout):
+    d = cfg.data
+    if d.kind == "builtin":
+        if mc.vocab_size < corpus.VOCAB_SIZE:
+            raise HuginnError(f"the built-in corpus needs vocab_size >= {corpus.VOCAB_SIZE}, the model has {mc.vocab_size}")
+        return BuiltinSource(layout, d.seq_len, cfg.train.seed, d.val_samples)
+    if d.kind == "packed":
+        return PackedSource(layout, d.path, d.val_path, cfg.train.seed, d.val_samples)
+    tok = load_tokenizer(d.tokenizer or cfg.model.init_from)
+    if len(tok) > mc.vocab_size:
+        raise HuginnError(f"vocab mismatch: the tokenizer has {len(tok)} tokens but the model only {mc.vocab_size}; use the model's own tokenizer")
+    return ChatSource(layout, d.path, d.val_path, tok, d.seq_len, cfg.train.seed, d.val_samples)
+
+
+def depth_sampler(cfg: JobConfig, mc: ModelConfig) -> DepthSampler:
+    dc = cfg.depth
+    return DepthSampler(
+        mean_recurrence=dc.mean_recurrence or mc.mean_recurrence,
+        backprop_depth=dc.backprop_depth or max(1, mc.mean_backprop_depth),
+        scheme=dc.scheme, curriculum=dc.curriculum, curriculum_fraction=dc.curriculum_fraction,
+        max_steps=cfg.train.max_steps, seed=cfg.train.seed,
+    )
+
+
+def autocast(cfg: JobConfig, device: torch.device):
+    if cfg.train.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(fwd: torch.nn.Module, data, depths: list[int], cfg: JobConfig, d: Dist) -> tuple[dict[int, float], dict[int, float]]:
+    """Validation loss (mean over labelled tokens) and, on the built-in corpus, answer accuracy, per depth."""
+    losses, accs = {}, {}
+    builtin = cfg.data.kind == "builtin"
+    for r in depths:
+        total = torch.zeros(4, dtype=torch.float64)  # loss sum, tokens, correct answers, answers
+        for inputs, labels, ids in data.val_batches():
+            inputs, labels = inputs.to(d.device), labels.to(d.device)
+            mask = (inputs == corpus.STOI["?"]) if builtin else None
+            with autocast(cfg, d.device):
+                out = fwd(inputs, labels, r, 0, ids, torch.tensor(1.0), answer_mask=mask)
+            loss, correct = out if builtin else (out, 0)
+            total += torch.tensor([float(loss), float((labels != -100).sum()), float(correct), float(mask.sum()) if builtin else 0.0])
+        total = all_sum(total, d)
+        losses[r] = float(total[0] / total[1].clamp(min=1))
+        if builtin:
+            accs[r] = float(total[2] / total[3].clamp(min=1))
+    return losses, accs
+
+
+# --- the loop --------------------------------------------------------------------------------
+def train(cfg: JobConfig, run: str | Path) -> RunResult:
+    run = Path(run)
+    d = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, run, d)
+    finally:
+        shutdown(d)
+
+
+def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
+    t = cfg.train
+    micro = t.micro_batch_size or max(1, t.batch_size // d.world)
+    if t.batch_size % (micro * d.world):
+        raise HuginnError(f"train.batch_size {t.batch_size} is not a multiple of micro_batch_size {micro} x {d.world} processes")
+    check_schedule(t.max_steps, cfg.schedule.warmup, cfg.schedule.decay)
+    layout = Layout(t.batch_size, micro, d.rank, d.world)
+
+    # model, data, optimizer: everything that can fail on bad input runs before RUN is touched
+    torch.manual_seed(t.seed)  # identical init on every rank (FSDP2 does not broadcast)
+    model = build_model(cfg)
+    mc = model.model_config
+    data = build_data(cfg, mc, layout)
+    sampler = depth_sampler(cfg, mc)
+    resuming = checkpoint.check_resumable(run, cfg.to_dict())
+    barrier(d)
+    model.to(d.device)
+    if t.compile:
+        for block in (*model.transformer.prelude, *model.transformer.core_block, *model.transformer.coda):
+            block.compile()
+    fwd = apply_parallel(TrainForward(model, t.loss_chunk, t.activation_checkpointing, t.seed), cfg.parallel.kind, d, cfg.optim.name)
+    opt = build_optimizer(model, cfg.optim)
+    counts = count_params(model)
+
+    start = 0
+    if resuming and (ckpt := checkpoint.latest(run)) is not None:
+        trainer = checkpoint.load(ckpt, model, opt.optimizers, d)
+        start = trainer["step"]
+        data.load_state_dict(trainer["data"])
+        torch.set_rng_state(trainer["rng_cpu"])
+    elif d.is_main:
+        checkpoint.write_run_files(run, dump_config(cfg), mc.to_dict())
+    barrier(d)
+    metrics = Metrics(run, d.is_main, start, t.max_steps, cfg.log)
+    result = RunResult(run=run, step=start)
+
+    def save(step: int) -> None:
+        trainer = {"step": step, "data": data.state_dict(), "rng_cpu": torch.get_rng_state()}
+        checkpoint.save(run, step, model, opt.optimizers, trainer, d, cfg.checkpoint.keep)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    stop = min(t.max_steps, start + t.stop_after) if t.stop_after else t.max_steps
+    step = start
+    for step in range(start, stop):
+        lr = set_lr(opt, lr_factor(step, t.max_steps, cfg.schedule.kind, cfg.schedule.warmup, cfg.schedule.decay, cfg.schedule.min_lr_ratio))
+        n, k = sampler.sample(step)  # the same on every rank: seeded by the step
+
+        # micro-batches; every micro-loss is divided by the step's global token count
+        batches = [data.batch(step, i) for i in range(layout.accum)]
+        tokens = all_sum(torch.tensor(float(sum(int((y != -100).sum()) for _, y, _ in batches))), d)
+        denom = (tokens / d.world).to(d.device)  # DDP / FSDP average over ranks; this undoes it
+        step_loss = torch.zeros((), device=d.device)
+        for i, (inputs, labels, ids) in enumerate(batches):
+            with no_sync(fwd, last=i == layout.accum - 1):
+                with autocast(cfg, d.device):
+                    loss = fwd(inputs.to(d.device), labels.to(d.device), n, k, ids, denom)
+                loss.backward()
+            step_loss += loss.detach()
+        loss_value = float(all_sum(step_loss.cpu(), d)) / d.world
+        if not math.isfinite(loss_value):
+            last = checkpoint.latest(run)
+            keep = f"the last good checkpoint {last.name} is kept" if last else "no checkpoint was written"
+            raise HuginnError(f"loss became {loss_value} at step {step}; training stopped and {keep}; lower optim.lr or check the data")
+
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t_clip if (t_clip := cfg.optim.grad_clip) > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+        result.losses.append(loss_value)
+        rows_tokens = int(t.batch_size * batches[0][0].shape[1])
+        metrics.count(rows_tokens, counts.step_flops(rows_tokens, n, k))
+        last_step = step + 1 == stop
+        metrics.log_step(step + 1, loss_value, lr, n, k, float(grad_norm), log=(step + 1) % cfg.log.every == 0 or last_step)
+        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < t.max_steps:
+            losses, accs = evaluate(fwd, data, cfg.eval.num_steps, cfg, d)
+            metrics.log_eval(step + 1, losses, {"answer_acc": {str(r): a for r, a in accs.items()}} if accs else None)
+        if cfg.checkpoint.save_every and (step + 1) % cfg.checkpoint.save_every == 0 and not last_step:
+            save(step + 1)
+    result.step = stop
+    if stop > start:
+        save(stop)
+    metrics.close()
+
+    if stop == t.max_steps and cfg.eval.scaling:
+        losses, accs = evaluate(fwd, data, cfg.eval.scaling, cfg, d)
+        metrics.enabled and metrics.write({"step": stop, "eval": {str(r): v for r, v in losses.items()}, "scaling": True})
+        result.scaling = losses
+        if d.is_main:
+            result.scaling_table = report.write(run, losses, accs or None, sampler.mean_recurrence, stop)
+    return result
