@@ -177,21 +177,20 @@ def _job_record(settings: PackSettings, units: Sequence[Unit]) -> dict:
     return {"settings": asdict(settings), "units": [asdict(u) for u in units]}
 
 
-def tokenize_parquet(
+def prepare_job(
     inputs: Sequence[str],
     tokenizer_dir: str | Path,
     out_dir: str | Path,
     *,
     text_column: str = "text",
     seq_len: int = 4096,
-    workers: int = 1,
     rows_per_file: int | None = None,
     row_group_rows: int | None = None,
     unit_bytes: int = 64 << 20,
     add_bos: bool = True,
-    progress: Callable[[dict], None] | None = None,
-) -> dict:
-    """Tokenize and pack `inputs` into `out_dir`; returns the manifest. Resumes a stopped job."""
+) -> tuple[PackSettings, list[Unit], list[InputFile]]:
+    """Validate everything, plan the units and record the job in OUT/.progress/job.json (or check
+    that a job found there is this one). Nothing is written when any input is bad."""
     files = resolve_inputs(inputs, text_column)  # validates everything before writing anything
     settings = make_settings(tokenizer_dir, text_column, seq_len, rows_per_file=rows_per_file,
                              row_group_rows=row_group_rows, add_bos=add_bos)
@@ -209,26 +208,69 @@ def tokenize_parquet(
         raise HuginnError(f"--out {out} is not empty and holds no tokenize job; use a new directory")
     (out / PROGRESS).mkdir(parents=True, exist_ok=True)
     _atomic_write_json(job_path, job)
+    return settings, units, files
 
+
+def load_job(out_dir: str | Path) -> tuple[PackSettings, list[Unit], dict[int, dict]]:
+    """(settings, units, records of finished units) of the job recorded in `out_dir`."""
+    out = Path(out_dir)
+    job_path = out / PROGRESS / "job.json"
+    if not job_path.is_file():
+        raise HuginnError(f"{out} holds no tokenize job; start one with `huginn data tokenize`")
+    job = json.loads(job_path.read_text())
+    settings = PackSettings(**job["settings"])
+    units = [Unit(u["index"], u["path"], u["source"], tuple(u["row_groups"])) for u in job["units"]]
     records: dict[int, dict] = {}
     for u in units:
         p = out / PROGRESS / f"unit-{u.index:05d}.json"
         if p.exists():
             records[u.index] = json.loads(p.read_text())
+    return settings, units, records
+
+
+def finalize_job(out_dir: str | Path) -> dict:
+    """Write manifest.json once every unit has its record; return the manifest."""
+    out = Path(out_dir)
+    settings, units, records = load_job(out)
+    missing = [u.index for u in units if u.index not in records]
+    if missing:
+        raise HuginnError(f"{len(missing)} of {len(units)} units of {out} are unfinished; rerun the job to finish them")
+    manifest = build_manifest(settings, [records[u.index] for u in units])
+    _atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def tokenize_parquet(
+    inputs: Sequence[str],
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    text_column: str = "text",
+    seq_len: int = 4096,
+    workers: int = 1,
+    rows_per_file: int | None = None,
+    row_group_rows: int | None = None,
+    unit_bytes: int = 64 << 20,
+    add_bos: bool = True,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Tokenize and pack `inputs` into `out_dir`; returns the manifest. Resumes a stopped job."""
+    settings, units, files = prepare_job(inputs, tokenizer_dir, out_dir, text_column=text_column, seq_len=seq_len,
+                                         rows_per_file=rows_per_file, row_group_rows=row_group_rows,
+                                         unit_bytes=unit_bytes, add_bos=add_bos)
+    out = Path(out_dir)
+    _, _, records = load_job(out)
     todo = [u for u in units if u.index not in records]
     if progress:
         progress({"event": "start", "units": len(units), "todo": len(todo), "skipped": len(records),
                   "bytes": sum(sum(f.text_bytes) for f in files)})
     try:
         for rec in _run_units(todo, settings, str(out), workers):
-            records[rec["unit"]["index"]] = rec
             if progress:
                 progress({"event": "unit", **rec})
     finally:
         shutil.rmtree(out / ".tmp", ignore_errors=True)
-    manifest = build_manifest(settings, [records[u.index] for u in units], files)
-    _atomic_write_json(out / MANIFEST, manifest)
-    return manifest
+    return finalize_job(out)
 
 
 def _run_units(todo: Sequence[Unit], settings: PackSettings, out: str, workers: int):
@@ -256,7 +298,7 @@ def _run_units(todo: Sequence[Unit], settings: PackSettings, out: str, workers: 
             raise
 
 
-def build_manifest(settings: PackSettings, records: Sequence[dict], files: Sequence[InputFile] | None = None) -> dict:
+def build_manifest(settings: PackSettings, records: Sequence[dict]) -> dict:
     """The dataset description readers rely on: files in order with rows, tokens and source."""
     out_files = [f for r in records for f in r["files"]]
     sources: dict[str, dict] = {}
