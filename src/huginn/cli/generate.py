@@ -20,11 +20,24 @@ import click
 from huginn.errors import HuginnError
 
 
+def _check(opts: dict) -> None:
+    """Validate the cheap options before loading anything (fail fast, one line)."""
+    from huginn.infer.exits import parse_exit
+    from huginn.infer.kv_cache import CachePolicy
+
+    if opts.get("exit_spec"):
+        parse_exit(opts["exit_spec"])
+    CachePolicy.parse(opts.get("cache"))
+
+
 def _load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     import huginn  # noqa: F401  (registers the model type)
+
+    hf_logging.disable_progress_bar()
 
     path = Path(checkpoint)
     if not (path / "config.json").exists():
@@ -142,6 +155,7 @@ def generate(checkpoint, prompt, stream, tokenizer_dir, dtype, **opts):
     """Generate a continuation of PROMPT with the checkpoint in CHECKPOINT."""
     import torch
 
+    _check(opts)
     model, tok = _load(checkpoint, tokenizer_dir, dtype)
     ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.long)
     if ids.shape[1] == 0:
@@ -167,6 +181,7 @@ def chat(checkpoint, system, tokenizer_dir, dtype, **opts):
     """Chat with the checkpoint in CHECKPOINT through its chat template (Ctrl-D or /exit to leave)."""
     import torch
 
+    _check(opts)
     model, tok = _load(checkpoint, tokenizer_dir, dtype)
     if not getattr(tok, "chat_template", None):
         raise HuginnError("the tokenizer has no chat template; pass --tokenizer DIR with one (or use `huginn generate`)")
