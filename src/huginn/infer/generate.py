@@ -61,7 +61,7 @@ class Stopping:
 
 @dataclass
 class TokenResult:
-    logits: Tensor  # (B, V) fp32, last position
+    logits: Tensor  # (B, V) fp32, last position ((B, S, V) with all_logits)
     latents: Tensor  # (B, 1, d) ln_f of the last position's final state
     steps: Tensor  # (B,) long: core steps computed
 
@@ -74,15 +74,15 @@ class Generation:
     extras: dict = field(default_factory=dict)
 
 
-def predict_last(model, state: Tensor, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
-    """(logits (B, V), latents (B, 1, d)) of the last position; the coda still runs over every new
-    position so that its KV entries exist for later tokens."""
+def predict_last(model, state: Tensor, ctx: AttentionContext, all_positions: bool = False) -> tuple[Tensor, Tensor]:
+    """(logits (B, V), latents (B, 1, d)) of the last position (or (B, S, V) logits of every
+    position); the coda runs over every new position so that its KV entries exist for later tokens."""
     tr = model.transformer
     latents = tr.ln_f(state)
     x = latents
     for i, block in enumerate(tr.coda):
         x = block(x, ctx, -(i + 1))
-    x = tr.ln_f(x[:, -1])
+    x = tr.ln_f(x if all_positions else x[:, -1])
     return model.lm_head(x).float(), latents[:, -1:]
 
 
@@ -95,6 +95,7 @@ def run_tokens(
     input_states: Tensor | None = None,
     active: Tensor | None = None,
     generator: torch.Generator | None = None,
+    all_logits: bool = False,
 ) -> TokenResult:
     """One forward of `ids` (B, S) through prelude, recurrence (fixed or adaptive) and coda, with the cache.
     `attention_mask` (B, past + S) is needed only when some rows are padded; `active` (B,) marks rows
@@ -104,10 +105,10 @@ def run_tokens(
     e = model.embed(ids, ctx)
     state = model.initialize_state(e, depth.init_scale, generator) if input_states is None else input_states.to(e.dtype)
     crit, n = depth.criterion, depth.num_steps
-    if crit is None:
+    if crit is None or all_logits:  # (speculative verification runs at fixed depth)
         for step in range(n):
             state = model.core_step(state, e, ctx, step)
-        logits, latents = predict_last(model, state, ctx)
+        logits, latents = predict_last(model, state, ctx, all_logits)
         return TokenResult(logits, latents, torch.full((B,), n, dtype=torch.long, device=ids.device))
 
     seq_mask = attention_mask[:, -S:].bool() if attention_mask is not None and S > 1 else None

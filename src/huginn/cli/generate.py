@@ -1,0 +1,212 @@
+"""`huginn generate` and `huginn chat`: thin commands over `model.generate` (huginn.infer).
+
+    huginn generate CHECKPOINT "prompt" [--num-steps N] [--exit kl:5e-4] [--cache compress-s16]
+                    [--continuous] [--stream] [--draft-steps K] [--tokenizer DIR] ...
+    huginn chat CHECKPOINT [--tokenizer DIR] [--system TEXT] ...
+
+Both print text to stdout only (no files, so nothing partial is left behind) and the compute spent
+(core steps per token) to stderr. The tokenizer comes from the checkpoint folder or `--tokenizer`;
+`chat` needs one with a chat template. Non-goals: serving, batching prompts from files.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from huginn.errors import HuginnError
+
+
+def _check(opts: dict) -> None:
+    """Validate the cheap options before loading anything (fail fast, one line)."""
+    from huginn.infer.exits import parse_exit
+    from huginn.infer.kv_cache import CachePolicy
+
+    if opts.get("exit_spec"):
+        parse_exit(opts["exit_spec"])
+    CachePolicy.parse(opts.get("cache"))
+
+
+def _load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    import huginn  # noqa: F401  (registers the model type)
+
+    hf_logging.disable_progress_bar()
+
+    path = Path(checkpoint)
+    if not (path / "config.json").exists():
+        raise HuginnError(f"{checkpoint} is not a checkpoint folder (no config.json); pass a folder written by save_pretrained")
+    tok_path = Path(tokenizer_dir) if tokenizer_dir else path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
+    except Exception:  # transformers raises several types for "no tokenizer here"
+        raise HuginnError(f"no tokenizer found in {tok_path}; pass --tokenizer DIR (a folder with tokenizer.json)") from None
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).eval()
+    if len(tokenizer) > model.model_config.padded_vocab_size:
+        raise HuginnError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {model.model_config.padded_vocab_size}; "
+            "pass the model's own tokenizer with --tokenizer"
+        )
+    return model, tokenizer
+
+
+def _gen_kwargs(num_steps, exit_spec, cache, continuous, max_new_tokens, temperature, top_k, top_p, min_p,
+                repetition_penalty, draft_steps, lookahead, seed, init_scale, tokenizer) -> dict:
+    import torch
+    from transformers import GenerationConfig
+
+    from huginn.infer.exits import parse_exit
+
+    gc = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else None,
+        top_k=top_k or None,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        return_dict_in_generate=True,
+    )
+    kw: dict = dict(generation_config=gc, num_steps=num_steps, init_scale=init_scale, cache_lookup_strategy=cache,
+                    continuous_compute=continuous, tokenizer=tokenizer)
+    if seed is not None:
+        kw["generator"] = torch.Generator().manual_seed(seed)
+    if exit_spec:
+        kw["criterion"], kw["exit_threshold"] = parse_exit(exit_spec)
+    if draft_steps:
+        kw["draft_steps"], kw["lookahead_for_draft"] = draft_steps, lookahead
+    return kw
+
+
+def _options(f):
+    opts = [
+        click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False), help="Tokenizer folder (default: the checkpoint's)."),
+        click.option("--num-steps", type=click.IntRange(min=1), default=None, help="Core steps per token (the maximum, with --exit). Default: the model's mean_recurrence."),
+        click.option("--exit", "exit_spec", default=None, metavar="CRITERION[:THRESHOLD]", help="Adaptive compute: entropy-diff, latent-diff, kl, minp-kl, argmax-stability, cosine; e.g. kl:5e-4."),
+        click.option("--cache", default="latest-m4", show_default=True, help="KV-cache policy, e.g. compress-s16, latest-m4-compress-s16, skip."),
+        click.option("--continuous", is_flag=True, help="Start each token's recurrence from the previous token's final latent."),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = greedy."),
+        click.option("--top-k", type=click.IntRange(min=0), default=0),
+        click.option("--top-p", type=click.FloatRange(0, 1), default=None),
+        click.option("--min-p", type=click.FloatRange(0, 1), default=None),
+        click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=None),
+        click.option("--draft-steps", type=click.IntRange(min=1), default=None, help="Self-speculative decoding: draft at this depth (greedy)."),
+        click.option("--lookahead", type=click.IntRange(min=1), default=4, show_default=True, help="Drafted tokens per speculative round."),
+        click.option("--seed", type=int, default=None, help="Seed for sampling."),
+        click.option("--init-scale", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Initial state noise; 0 = deterministic zero state."),
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _report(out, n_new: int, seconds: float) -> None:
+    steps = out.compute_steps[0][:n_new]
+    steps = steps[steps > 0]
+    msg = f"[{n_new} tokens in {seconds:.2f}s, {n_new / max(seconds, 1e-9):.1f} tok/s"
+    if steps.numel():
+        msg += f"; core steps/token mean {steps.float().mean():.1f} (min {int(steps.min())}, max {int(steps.max())})"
+    if getattr(out, "acceptance_rate", None) is not None:
+        msg += f"; draft acceptance {out.acceptance_rate:.0%}"
+    click.echo(msg + "]", err=True)
+
+
+class _Streamer:
+    """Prints decoded text as tokens arrive (skips the prompt); decodes the whole reply each time so
+    multi-byte characters come out whole."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.ids, self.shown, self.skip = tokenizer, [], 0, True
+
+    def put(self, value) -> None:
+        if self.skip:
+            self.skip = False
+            return
+        self.ids.extend(value.flatten().tolist())
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        click.echo(text[self.shown :], nl=False)
+        sys.stdout.flush()
+        self.shown = len(text)
+
+    def end(self) -> None:
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        click.echo(text[self.shown :])
+
+
+@click.command()
+@click.argument("checkpoint")
+@click.argument("prompt")
+@click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
+@_options
+def generate(checkpoint, prompt, stream, tokenizer_dir, dtype, **opts):
+    """Generate a continuation of PROMPT with the checkpoint in CHECKPOINT."""
+    import torch
+
+    _check(opts)
+    model, tok = _load(checkpoint, tokenizer_dir, dtype)
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.long)
+    if ids.shape[1] == 0:
+        raise HuginnError("the prompt is empty after tokenization; pass some text")
+    kw = _gen_kwargs(tokenizer=tok, **opts)
+    if stream:
+        click.echo(prompt, nl=False)
+        kw["streamer"] = _Streamer(tok)
+    t0 = time.perf_counter()
+    out = model.generate(ids, **kw)
+    dt = time.perf_counter() - t0
+    n_new = out.sequences.shape[1] - ids.shape[1]
+    if not stream:
+        click.echo(prompt + tok.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True))
+    _report(out, n_new, dt)
+
+
+@click.command()
+@click.argument("checkpoint")
+@click.option("--system", default=None, help="System prompt.")
+@_options
+def chat(checkpoint, system, tokenizer_dir, dtype, **opts):
+    """Chat with the checkpoint in CHECKPOINT through its chat template (Ctrl-D or /exit to leave)."""
+    import torch
+
+    _check(opts)
+    model, tok = _load(checkpoint, tokenizer_dir, dtype)
+    if not getattr(tok, "chat_template", None):
+        raise HuginnError("the tokenizer has no chat template; pass --tokenizer DIR with one (or use `huginn generate`)")
+    messages = [{"role": "system", "content": system}] if system else []
+    stdin = click.get_text_stream("stdin")
+    while True:
+        click.echo("you> ", nl=False, err=True)
+        line = stdin.readline()
+        if not line or line.strip() in ("/exit", "/quit"):
+            click.echo("", err=True)
+            return
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
+        if ids.shape[1] + opts["max_new_tokens"] > model.model_config.block_size:
+            raise HuginnError(
+                f"the conversation ({ids.shape[1]} tokens) no longer fits the block size {model.model_config.block_size}; start a new chat"
+            )
+        kw = _gen_kwargs(tokenizer=tok, **opts)
+        kw["streamer"] = _Streamer(tok)
+        t0 = time.perf_counter()
+        out = model.generate(ids, **kw)
+        dt = time.perf_counter() - t0
+        reply = tok.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True)
+        messages.append({"role": "assistant", "content": reply})
+        _report(out, out.sequences.shape[1] - ids.shape[1], dt)
