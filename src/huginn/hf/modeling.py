@@ -131,6 +131,22 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
             states=tuple(out.states) if out.states is not None else None,
         )
 
+    # --- generation (huginn.infer does the work) ---------------------------------------------------
+    @torch.no_grad()
+    def generate(self, inputs: Tensor | None = None, generation_config=None, **kwargs):  # type: ignore[override]
+        """The model card's API: `generate(input_ids, generation_config, num_steps=..., criterion=...,
+        exit_threshold=..., continuous_compute=..., cache_lookup_strategy=..., draft_steps=..., ...)`.
+        With `return_dict_in_generate=True` the output carries `compute_steps` (B, new_tokens)."""
+        from huginn.infer.hf_bridge import model_generate
+
+        return model_generate(self, inputs, generation_config, **kwargs)
+
+    @torch.no_grad()
+    def generate_with_adaptive_compute(self, inputs: Tensor, generation_config=None, **kwargs):
+        from huginn.infer.hf_bridge import generate_with_adaptive_compute
+
+        return generate_with_adaptive_compute(self, inputs, generation_config, **kwargs)
+
     # --- loading -------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
