@@ -99,7 +99,10 @@ def retrofit(
         progress("checking num_steps=1 against the base")
         result = check_conversion(base_model, model, layer_map)
         if not result.ok():
-            raise RuntimeError(f"conversion check failed: max |logit difference| {result.max_abs_diff:.3g} > 1e-4 (a bug; please report)")
+            raise RuntimeError(
+                f"conversion check failed: max |logit difference| {result.max_abs_diff:.3g} with logits up to "
+                f"{result.max_abs_logit:.3g} (a bug; please report)"
+            )
     del base_model
     progress(f"writing {out}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,10 @@ class CheckResult:
     max_abs_logit: float  # scale of the logits, for reading the difference
     n_tokens: int
 
-    def ok(self, tol: float = 1e-4) -> bool:
-        return self.max_abs_diff <= tol
+    def ok(self, atol: float = 1e-4, rtol: float = 1e-5) -> bool:
+        """Within fp32 round-off: |diff| <= max(atol, rtol * largest |logit|). Mapping mistakes
+        (a wrong permutation, a swapped norm) are off by O(1), far outside either bound."""
+        return self.max_abs_diff <= max(atol, rtol * self.max_abs_logit)
 
 
 @contextmanager
