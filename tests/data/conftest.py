@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

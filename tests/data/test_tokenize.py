@@ -162,3 +162,12 @@ def test_cli_train_tokenizer_and_tokenize(corpus, tmp_path, capsys):
     m = json.loads((tmp_path / "p" / "manifest.json").read_text())
     assert m["documents"] == 200 and list(m["sources"]) == ["books"] and m["tokenizer"]["vocab_size"] == 300
     assert not [p for p in os.listdir(tmp_path / "p") if p.endswith(".tmp")]
+
+
+def test_single_machine_path_does_not_import_datatrove():
+    import subprocess
+    import sys
+
+    code = ("import sys, huginn.data.tokenize, huginn.data.loader, huginn.data.mixing, huginn.data.shuffle, huginn.cli.data; "
+            "sys.exit(any(m.split('.')[0] == 'datatrove' for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2] / "src").returncode == 0

@@ -47,12 +47,11 @@ class PackUnits(PipelineStep):
         self.out_dir = str(out_dir)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        import os
-
         from huginn.data import tokenize as tk
 
         settings, units, records = tk.load_job(self.out_dir)
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one task per core
+        # One task per core, and a fresh tokenizer: a thread pool inherited through fork deadlocks.
+        tk._worker_init(settings.tokenizer_dir, parallel=False)
         for u in units:
             if u.index % world_size == rank and u.index not in records:
                 rec = tk.run_unit(u, settings, self.out_dir)

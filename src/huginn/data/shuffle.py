@@ -149,7 +149,8 @@ def write_shuffled(
 
 
 def shuffle_datasets(datasets: Sequence[str | Path], out_dir: str | Path, *, seed: int = 0,
-                     rows_per_file: int | None = None, row_group_rows: int | None = None) -> dict:
+                     rows_per_file: int | None = None, row_group_rows: int | None = None,
+                     buffer_bytes: int = 256 << 20) -> dict:
     """Every row of `datasets`, once, in one seeded global order across all files."""
     manifests, files = [], []
     for d in datasets:
@@ -158,4 +159,5 @@ def shuffle_datasets(datasets: Sequence[str | Path], out_dir: str | Path, *, see
         files += fs
     base = check_compatible(manifests, [str(d) for d in datasets])
     return write_shuffled([(p, s) for p, _, s in files], [np.arange(n) for _, n, _ in files], out_dir,
-                          base_manifest=base, seed=seed, rows_per_file=rows_per_file, row_group_rows=row_group_rows)
+                          base_manifest=base, seed=seed, rows_per_file=rows_per_file, row_group_rows=row_group_rows,
+                          buffer_bytes=buffer_bytes)

@@ -60,8 +60,10 @@ def open_parquet(path: str | Path, column: str | None = None):
 
 def _expand(spec: str) -> tuple[str | None, list[str]]:
     """`[NAME=]PATH` -> (NAME, files): a file, every *.parquet under a directory, or a glob."""
-    name, _, path = spec.rpartition("=") if "=" in spec and not os.path.exists(spec) else (None, "", spec)
-    name = name or None
+    name, path = None, spec
+    if "=" in spec and not os.path.exists(spec):
+        name, _, path = spec.partition("=")
+        name = name or None
     if any(c in path for c in "*?["):
         files = sorted(glob.glob(path, recursive=True))
         if not files:

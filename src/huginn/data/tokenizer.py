@@ -17,7 +17,6 @@ Non-goals: the reference's full "aeolian" pre-tokenizer regex and its 2,855 manu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
