@@ -119,3 +119,14 @@ def test_config_overrides_parse():
     c = load_config(None, ["optim.lr=1e-3", "eval.scaling=[1, 3]", "train.precision=bf16", "optim.betas=[0.8, 0.9]"])
     assert c.optim.lr == 1e-3 and c.eval.scaling == [1, 3] and c.train.precision == "bf16" and c.optim.betas == [0.8, 0.9]
     assert json.loads(json.dumps(c.to_dict()))["train"]["max_steps"] == 400
+
+
+def test_presets_load():
+    from pathlib import Path
+
+    presets = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert len(presets) >= 4
+    for p in presets:
+        load_config(p)
+    default = load_config(Path(__file__).resolve().parents[2] / "configs" / "default.yaml")
+    assert default.to_dict() | {"depth": None, "model": None} == load_config(None).to_dict() | {"depth": None, "model": None}

@@ -210,6 +210,8 @@ def is_stop(tok: Tensor, seqs: Tensor, stopping: Stopping) -> Tensor:
 
 def check_length(model, prompt_len: int, max_new_tokens: int) -> None:
     block = model.model_config.block_size
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise HuginnError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if prompt_len > block:
         raise HuginnError(f"prompt of {prompt_len} tokens is longer than the block size {block}; shorten the prompt")
     if prompt_len + max_new_tokens > block:

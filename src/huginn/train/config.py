@@ -92,6 +92,7 @@ class TrainSection:
     compile: bool = False  # torch.compile each block
     loss_chunk: int = 4096  # tokens per chunk of the head + loss; 0: plain loss
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None  # CPU threads; None: 1 for models of width <= 128 (faster, no spin contention), else torch's default
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps in this invocation
 
 

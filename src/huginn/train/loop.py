@@ -156,6 +156,10 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
     resuming = checkpoint.check_resumable(run, cfg.to_dict())
     barrier(d)
     model.to(d.device)
+    if d.device.type == "cpu" and (t.threads or mc.n_embd <= 128):
+        # tiny models gain nothing from intra-op threads, and on a busy machine OpenMP spin-waits
+        # make 2 threads up to 30x slower than 1 (measured here)
+        torch.set_num_threads(t.threads or 1)
     if t.compile:
         for block in (*model.transformer.prelude, *model.transformer.core_block, *model.transformer.coda):
             block.compile()
