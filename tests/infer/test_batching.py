@@ -11,7 +11,7 @@ from huginn.infer.generate import Depth, Stopping, generate
 from huginn.infer.kv_cache import CachePolicy
 
 LENGTHS = (10, 6, 8)
-NEW = 8
+NEW = 6
 
 
 def _prompts(expected):
@@ -36,9 +36,9 @@ def _run(model, ids, mask, depth, policy):
 CASES = [
     ("fixed", lambda: Depth(4, init_scale=0.0), "latest-m4"),
     ("continuous", lambda: Depth(4, continuous=True, init_scale=0.0), "compress-s8"),
-    ("kl", lambda: Depth(16, make_criterion("kl", 1e-3), init_scale=0.0), "latest-m4"),
-    ("latent-diff", lambda: Depth(16, make_criterion("latent-diff", 0.03), init_scale=0.0), "latest-m4"),
-    ("cosine-skip", lambda: Depth(16, make_criterion("cosine", 1e-3), init_scale=0.0), "skip"),
+    ("kl", lambda: Depth(12, make_criterion("kl", 1e-3), init_scale=0.0), "latest-m4"),
+    ("latent-diff", lambda: Depth(12, make_criterion("latent-diff", 0.05), init_scale=0.0), "latest-m4"),
+    ("cosine-skip", lambda: Depth(12, make_criterion("cosine", 2e-3), init_scale=0.0), "skip"),
     ("argmax-s8", lambda: Depth(12, make_criterion("argmax-stability", 3), min_steps=1, check_every=2, init_scale=0.0), "latest-m4-compress-s8"),
 ]
 
