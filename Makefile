@@ -18,7 +18,7 @@ install: $(STAMP)
 
 # The main job on the built-in default: no download, no data to fetch.
 run: $(STAMP)
-	$(BIN)/huginn demo
+	$(BIN)/huginn train --out runs/quickstart
 
 # The default test suite (fast, CPU).
 test: $(STAMP)
