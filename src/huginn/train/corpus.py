@@ -1,11 +1,11 @@
-"""The built-in training corpus: generated multi-step modular arithmetic, character-level.
+"""The built-in training corpus: generated multi-hop variable chains, character-level.
 
-Each problem is a chain of variable assignments ending in a question, e.g.
+Each problem interleaves two or three chains of assignments and asks for the last variable of one:
 
-    k=7;q=k+5;b=q*3;x=b-k;b?6
+    q=7;k=2;b=q;x=k+5;m=b+3;m?0
 
-Values are taken mod 10; the answer after `?` needs every step of the chain up to the asked
-variable, which a model can only compute by spending depth on it (the recurrence's job). Rows are a
+The answer after `?` needs one lookup per hop back to the chain's root (plus small additions mod 10),
+which a model can only do by spending depth on it (the recurrence's job). Rows are a
 pure function of (seed, row index), so no file, no download, and resuming or changing the world size
 never changes what a row holds. Tokens are characters of a fixed 48-symbol alphabet (id 0 is padding).
 Non-goals: natural text (use `data.kind: packed`), tokenizer training.
@@ -25,27 +25,35 @@ VAL_OFFSET = 1 << 40  # held-out rows come from a disjoint index range
 
 
 def problem(rng: random.Random) -> str:
-    """One chain of 2-5 assignments and a question about one of its variables."""
-    hops = rng.randint(2, 5)
-    names = rng.sample(string.ascii_lowercase, hops)
-    values: dict[str, int] = {}
+    """Two or three interleaved chains of copies (`b=a` copies a's digit) and a question about the
+    last variable of one chain: answering needs one lookup per hop, i.e. depth (pointer chasing).
+    One assignment in three adds a constant mod 10 (`c=b+3`), so values are computed, not only copied."""
+    n_chains = rng.randint(2, 3)
+    lengths = [rng.randint(1, 4) for _ in range(n_chains)]
+    names = iter(rng.sample(string.ascii_lowercase, sum(lengths) + n_chains))
+    chains: list[list[tuple[str, str, int]]] = []
+    for length in lengths:
+        root, value = next(names), rng.randrange(10)
+        chain = [(root, str(value), value)]
+        for _ in range(length):
+            src, prev = chain[-1][0], chain[-1][2]
+            if rng.random() < 1 / 3:
+                c = rng.randrange(1, 10)
+                chain.append((next(names), f"{src}+{c}", (prev + c) % 10))
+            else:
+                chain.append((next(names), src, prev))
+        chains.append(chain)
+    # interleave: a random merge that keeps every chain's own order (definitions before uses)
+    order = [i for i, ch in enumerate(chains) for _ in ch]
+    rng.shuffle(order)
+    pos = [0] * n_chains
     parts = []
-    first = rng.randrange(10)
-    values[names[0]] = first
-    parts.append(f"{names[0]}={first}")
-    for i in range(1, hops):
-        src = names[i - 1] if rng.random() < 0.7 else rng.choice(names[:i])
-        op, c = rng.choice("+-*"), rng.randrange(10)
-        if op == "+":
-            v = values[src] + c
-        elif op == "-":
-            v = values[src] - c
-        else:
-            v = values[src] * c
-        values[names[i]] = v % 10
-        parts.append(f"{names[i]}={src}{op}{c}")
-    ask = names[-1] if rng.random() < 0.6 else rng.choice(names[1:])
-    return ";".join(parts) + f";{ask}?{values[ask]}\n"
+    for i in order:
+        name, expr, _ = chains[i][pos[i]]
+        parts.append(f"{name}={expr}")
+        pos[i] += 1
+    asked = rng.choice(chains)[-1]
+    return ";".join(parts) + f";{asked[0]}?{asked[2]}\n"
 
 
 def row_text(seed: int, index: int, length: int) -> str:
