@@ -118,7 +118,20 @@ def test_export_loads_with_auto_classes(tmp_path):
 def test_config_overrides_parse():
     c = load_config(None, ["optim.lr=1e-3", "eval.scaling=[1, 3]", "train.precision=bf16", "optim.betas=[0.8, 0.9]"])
     assert c.optim.lr == 1e-3 and c.eval.scaling == [1, 3] and c.train.precision == "bf16" and c.optim.betas == [0.8, 0.9]
-    assert json.loads(json.dumps(c.to_dict()))["train"]["max_steps"] == 400
+    assert json.loads(json.dumps(c.to_dict()))["train"]["max_steps"] == 600
+
+
+def test_default_yaml_is_the_builtin_default():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+    from huginn.config import named_shape
+
+    builtin = load_config(None).to_dict()
+    shape = named_shape(builtin["model"]["shape"])  # depth None means the shape's own values
+    builtin["depth"]["mean_recurrence"] = builtin["depth"]["mean_recurrence"] or shape.mean_recurrence
+    builtin["depth"]["backprop_depth"] = builtin["depth"]["backprop_depth"] or shape.mean_backprop_depth
+    assert load_config(path).to_dict() == builtin
 
 
 def test_presets_load():

@@ -1,13 +1,15 @@
-"""The built-in training corpus: generated multi-hop variable chains, character-level.
+"""The built-in training corpus: generated multi-hop lookups in a permutation table, character-level.
 
-Each problem interleaves two or three chains of assignments and asks for the last variable of one:
+Each problem writes a random cycle through 5 to 8 letters as a shuffled table, then asks for
+f^k(x), the letter k hops after x, for 20 distinct (x, k) with k in 1..4:
 
-    q=7;k=2;b=q;x=k+5;m=b+3;m?0
+    i=d;p=s;d=p;s=y;c=i;y=c;*s1?y;i2?p;d4?c;p3?d;...
 
-The answer after `?` needs one lookup per hop back to the chain's root (plus small additions mod 10),
-which a model can only do by spending depth on it (the recurrence's job). Rows are a
-pure function of (seed, row index), so no file, no download, and resuming or changing the world size
-never changes what a row holds. Tokens are characters of a fixed 48-symbol alphabet (id 0 is padding).
+The answer after `?` is deterministic given the prefix and needs k chained lookups (pointer
+chasing), which a model can only do by spending depth on it (the recurrence's job). `answer_mask`
+marks those tokens so evaluation can report their loss and accuracy apart from the rest. Rows are a
+pure function of (seed, row index), so no file, no download, and resuming or changing the world
+size never changes what a row holds. Tokens are characters of a fixed 48-symbol alphabet (id 0 is padding).
 Non-goals: natural text (use `data.kind: packed`), tokenizer training.
 """
 
@@ -22,38 +24,31 @@ ALPHABET = "\x00\n;=?+-*" + string.digits + string.ascii_lowercase  # 44 symbols
 VOCAB_SIZE = 48  # the alphabet, rounded up
 STOI = {c: i for i, c in enumerate(ALPHABET)}
 VAL_OFFSET = 1 << 40  # held-out rows come from a disjoint index range
+QUERIES = 20  # queries per table: a problem fills about one 128-character row
+MAX_HOPS = 4
 
 
 def problem(rng: random.Random) -> str:
-    """Two or three interleaved chains of copies (`b=a` copies a's digit) and a question about the
-    last variable of one chain: answering needs one lookup per hop, i.e. depth (pointer chasing).
-    One assignment in three adds a constant mod 10 (`c=b+3`), so values are computed, not only copied."""
-    n_chains = rng.randint(2, 3)
-    lengths = [rng.randint(1, 4) for _ in range(n_chains)]
-    names = iter(rng.sample(string.ascii_lowercase, sum(lengths) + n_chains))
-    chains: list[list[tuple[str, str, int]]] = []
-    for length in lengths:
-        root, value = next(names), rng.randrange(10)
-        chain = [(root, str(value), value)]
-        for _ in range(length):
-            src, prev = chain[-1][0], chain[-1][2]
-            if rng.random() < 1 / 3:
-                c = rng.randrange(1, 10)
-                chain.append((next(names), f"{src}+{c}", (prev + c) % 10))
-            else:
-                chain.append((next(names), src, prev))
-        chains.append(chain)
-    # interleave: a random merge that keeps every chain's own order (definitions before uses)
-    order = [i for i, ch in enumerate(chains) for _ in ch]
-    rng.shuffle(order)
-    pos = [0] * n_chains
-    parts = []
-    for i in order:
-        name, expr, _ = chains[i][pos[i]]
-        parts.append(f"{name}={expr}")
-        pos[i] += 1
-    asked = rng.choice(chains)[-1]
-    return ";".join(parts) + f";{asked[0]}?{asked[2]}\n"
+    """A random cyclic permutation f of 5 to 8 letters written as a table, then queries `x k ? f^k(x)`.
+
+        i=d;p=s;d=p;s=y;c=i;y=c;*s1?y;i2?p;d4?c;...
+
+    The answer after `?` is deterministic given the prefix but needs k chained lookups in the table
+    (pointer chasing), i.e. sequential computation that depth (the recurrence) can supply. Hops are
+    1 to 4; dense queries make one token in five an answer."""
+    letters = rng.sample(string.ascii_lowercase, rng.randint(5, 8))
+    # one cycle through all letters: f^k(x) != x for k < len(letters), so no answer is the query itself
+    f = {a: letters[(i + 1) % len(letters)] for i, a in enumerate(letters)}
+    table = [f"{a}={f[a]}" for a in rng.sample(letters, len(letters))]
+    queries = []
+    # distinct (x, k) pairs: a repeated query could be answered by copying, without any lookup
+    pairs = [(x, k) for x in letters for k in range(1, MAX_HOPS + 1)]
+    for x, k in rng.sample(pairs, min(QUERIES, len(pairs))):
+        y = x
+        for _ in range(k):
+            y = f[y]
+        queries.append(f"{x}{k}?{y}")
+    return ";".join(table) + ";*" + ";".join(queries) + "\n"
 
 
 def row_text(seed: int, index: int, length: int) -> str:
@@ -77,11 +72,10 @@ def rows(seed: int, indices: list[int], length: int) -> torch.Tensor:
     return torch.tensor([encode(row_text(seed, i, length)) for i in indices], dtype=torch.long)
 
 
-def answer_accuracy(logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> tuple[int, int]:
-    """(correct, total) over answer digits (targets right after a '?'): the depth-hungry tokens."""
-    at_answer = inputs == STOI["?"]
-    correct = (logits.argmax(-1) == targets) & at_answer
-    return int(correct.sum()), int(at_answer.sum())
+def answer_mask(inputs: torch.Tensor) -> torch.Tensor:
+    """True where the next token is an answer (the input is '?'): deterministic given the prefix,
+    and the tokens that need the chained lookups."""
+    return inputs == STOI["?"]
 
 
 def char_tokenizer():

@@ -66,13 +66,15 @@ class TrainForward(nn.Module):
         row_ids: Tensor,
         denom: Tensor | None = None,
         answer_mask: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """The loss (sum over labelled tokens / denom). With `answer_mask` (evaluation), also the
-        number of masked positions whose argmax prediction equals the label."""
+        number of masked positions whose argmax prediction equals the label and their summed loss."""
         h = self.hidden(input_ids, no_grad_steps, grad_steps, row_ids)
         loss = linear_cross_entropy(h, self.model.lm_head.weight, labels, self.loss_chunk, denom)
         if answer_mask is None:
             return loss
         at = h[answer_mask]  # (answers, d): only these rows need logits
-        pred = (at @ self.model.lm_head.weight.to(at.dtype).T).argmax(-1)
-        return loss, (pred == labels[answer_mask]).sum()
+        logits = (at @ self.model.lm_head.weight.to(at.dtype).T).float()
+        target = labels[answer_mask]
+        answer_loss = nn.functional.cross_entropy(logits, target, reduction="sum")
+        return loss, (logits.argmax(-1) == target).sum(), answer_loss

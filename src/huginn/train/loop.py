@@ -109,24 +109,27 @@ def autocast(cfg: JobConfig, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(fwd: torch.nn.Module, data, depths: list[int], cfg: JobConfig, d: Dist) -> tuple[dict[int, float], dict[int, float]]:
-    """Validation loss (mean over labelled tokens) and, on the built-in corpus, answer accuracy, per depth."""
-    losses, accs = {}, {}
+def evaluate(fwd: torch.nn.Module, data, depths: list[int], cfg: JobConfig, d: Dist) -> tuple[dict[int, float], dict[int, dict[str, float]]]:
+    """Validation loss (mean over labelled tokens) per depth and, on the built-in corpus, the loss
+    and accuracy on the answer tokens (the deterministic, depth-hungry ones): {r: {"loss", "acc"}}."""
+    losses, answers = {}, {}
     builtin = cfg.data.kind == "builtin"
     for r in depths:
-        total = torch.zeros(4, dtype=torch.float64)  # loss sum, tokens, correct answers, answers
+        total = torch.zeros(5, dtype=torch.float64)  # loss sum, tokens, correct answers, answers, answer loss sum
         for inputs, labels, ids in data.val_batches():
             inputs, labels = inputs.to(d.device), labels.to(d.device)
-            mask = (inputs == corpus.STOI["?"]) if builtin else None
+            mask = corpus.answer_mask(inputs) if builtin else None
             with autocast(cfg, d.device):
                 out = fwd(inputs, labels, r, 0, ids, torch.tensor(1.0), answer_mask=mask)
-            loss, correct = out if builtin else (out, 0)
-            total += torch.tensor([float(loss), float((labels != -100).sum()), float(correct), float(mask.sum()) if builtin else 0.0])
+            loss, correct, answer_loss = out if builtin else (out, 0, 0)
+            total += torch.tensor([float(loss), float((labels != -100).sum()), float(correct),
+                                   float(mask.sum()) if builtin else 0.0, float(answer_loss)])
         total = all_sum(total, d)
         losses[r] = float(total[0] / total[1].clamp(min=1))
         if builtin:
-            accs[r] = float(total[2] / total[3].clamp(min=1))
-    return losses, accs
+            n = total[3].clamp(min=1)
+            answers[r] = {"loss": float(total[4] / n), "acc": float(total[2] / n)}
+    return losses, answers
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -219,8 +222,9 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
         last_step = step + 1 == stop
         metrics.log_step(step + 1, loss_value, lr, n, k, float(grad_norm), log=(step + 1) % cfg.log.every == 0 or last_step)
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < t.max_steps:
-            losses, accs = evaluate(fwd, data, cfg.eval.num_steps, cfg, d)
-            metrics.log_eval(step + 1, losses, {"answer_acc": {str(r): a for r, a in accs.items()}} if accs else None)
+            losses, answers = evaluate(fwd, data, cfg.eval.num_steps, cfg, d)
+            extra = {"answer_acc": {str(r): a["acc"] for r, a in answers.items()}, "answer_loss": {str(r): a["loss"] for r, a in answers.items()}}
+            metrics.log_eval(step + 1, losses, extra if answers else None)
         if cfg.checkpoint.save_every and (step + 1) % cfg.checkpoint.save_every == 0 and not last_step:
             save(step + 1)
     result.step = stop
@@ -229,9 +233,9 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
     metrics.close()
 
     if stop == t.max_steps and cfg.eval.scaling:
-        losses, accs = evaluate(fwd, data, cfg.eval.scaling, cfg, d)
+        losses, answers = evaluate(fwd, data, cfg.eval.scaling, cfg, d)
         metrics.enabled and metrics.write({"step": stop, "eval": {str(r): v for r, v in losses.items()}, "scaling": True})
         result.scaling = losses
         if d.is_main:
-            result.scaling_table = report.write(run, losses, accs or None, sampler.mean_recurrence, stop)
+            result.scaling_table = report.write(run, losses, answers or None, sampler.mean_recurrence, stop)
     return result
