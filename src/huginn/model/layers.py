@@ -175,28 +175,26 @@ class SandwichBlock(nn.Module):
         return self.norm_4(self.mlp(self.norm_3(x)) + x)
 
 
-class PreNormBlock(nn.Module):
-    """Llama's block: x = x + attn(n1(x)); x = x + mlp(n2(x))."""
+class _TwoNormBlock(nn.Module):
+    """Attention, MLP and two norms; subclasses place the norms."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm_1, self.norm_2 = RMSNorm(cfg.n_embd, cfg.norm_eps), RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.mlp = GatedMLP(cfg)
+
+
+class PreNormBlock(_TwoNormBlock):
+    """Llama's block: x = x + attn(n1(x)); x = x + mlp(n2(x))."""
 
     def forward(self, x: Tensor, ctx: AttentionContext, slot: int) -> Tensor:
         x = x + self.attn(self.norm_1(x), ctx, slot)
         return x + self.mlp(self.norm_2(x))
 
 
-class PostNormBlock(nn.Module):
+class PostNormBlock(_TwoNormBlock):
     """OLMo-2's block: x = x + n1(attn(x)); x = x + n2(mlp(x))."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.norm_1, self.norm_2 = RMSNorm(cfg.n_embd, cfg.norm_eps), RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.attn = Attention(cfg)
-        self.mlp = GatedMLP(cfg)
 
     def forward(self, x: Tensor, ctx: AttentionContext, slot: int) -> Tensor:
         x = x + self.norm_1(self.attn(x, ctx, slot))
