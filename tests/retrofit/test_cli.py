@@ -107,7 +107,8 @@ def test_cli_gguf_without_the_gguf_package(tmp_path, capsys, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
     code, _, err = run(["retrofit", str(fake), str(tmp_path / "out"), "--core", "0"], capsys)
-    assert code == 2 and "needs the gguf package: pip install 'huginn[gguf]'" in err and err.count("\n") == 1
+    # accelerate may be missing too (a fresh venv): the message then names both packages
+    assert code == 2 and "needs the gguf" in err and "pip install 'huginn[gguf]'" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 
