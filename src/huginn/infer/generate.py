@@ -19,12 +19,13 @@ first real token. Non-goals: beam search, transformers' logits processors, specu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from huginn.errors import HuginnError
+from huginn.infer.compiled import CompiledRunner, can_compile
 from huginn.infer.exits import ExitCriterion
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
 from huginn.infer.sampling import Sampling, next_token
@@ -77,13 +78,8 @@ class Generation:
 def predict_last(model, state: Tensor, ctx: AttentionContext, all_positions: bool = False) -> tuple[Tensor, Tensor]:
     """(logits (B, V), latents (B, 1, d)) of the last position (or (B, S, V) logits of every
     position); the coda runs over every new position so that its KV entries exist for later tokens."""
-    tr = model.transformer
-    latents = tr.ln_f(state)
-    x = latents
-    for i, block in enumerate(tr.coda):
-        x = block(x, ctx, -(i + 1))
-    x = tr.ln_f(x if all_positions else x[:, -1])
-    return model.lm_head(x).float(), latents[:, -1:]
+    logits, latents = model.predict(state, ctx, last_only=not all_positions)
+    return logits, latents[:, -1:]
 
 
 def run_tokens(
@@ -96,12 +92,16 @@ def run_tokens(
     active: Tensor | None = None,
     generator: torch.Generator | None = None,
     all_logits: bool = False,
+    compiled: bool = False,
 ) -> TokenResult:
     """One forward of `ids` (B, S) through prelude, recurrence (fixed or adaptive) and coda, with the cache.
     `attention_mask` (B, past + S) is needed only when some rows are padded; `active` (B,) marks rows
-    still generating (the others are frozen from the start)."""
+    still generating (the others are frozen from the start). `compiled`: run a single-token forward
+    through `huginn.infer.compiled` where it can (no frozen rows, no `skip` lookup)."""
     B, S = ids.shape
     ctx = model.context(B, S, attention_mask, None, cache)
+    if compiled and can_compile(cache, S) and (depth.criterion is None or B == 1) and active is None:
+        ctx = replace(ctx, runner=CompiledRunner(cache, attention_mask))
     e = model.embed(ids, ctx)
     state = model.initialize_state(e, depth.init_scale, generator) if input_states is None else input_states.to(e.dtype)
     crit, n = depth.criterion, depth.num_steps
@@ -164,8 +164,10 @@ def generate(
     cache: HuginnStaticCache | None = None,
     streamer=None,
     generator: torch.Generator | None = None,
+    compile: bool = False,
 ) -> Generation:
-    """Autoregressive generation: prefill, then one token at a time until every row stops."""
+    """Autoregressive generation: prefill, then one token at a time until every row stops.
+    `compile=True` decodes through compiled block graphs (`huginn.infer.compiled`)."""
     B, T = input_ids.shape
     check_length(model, T, stopping.max_new_tokens)
     if attention_mask is not None and bool(attention_mask.all()):
@@ -192,7 +194,8 @@ def generate(
         if i == stopping.max_new_tokens - 1 or not bool(unfinished.any()):
             break
         states = res.latents if depth.continuous else None
-        res = run_tokens(model, tok[:, None], cache, depth, mask, states, unfinished if depth.criterion else None, generator)
+        res = run_tokens(model, tok[:, None], cache, depth, mask, states, unfinished if depth.criterion and B > 1 else None,
+                         generator, compiled=compile)
     if streamer is not None:
         streamer.end()
     cache.finish()

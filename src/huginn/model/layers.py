@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,18 @@ class AttentionContext:
     mask: Tensor | None  # (B or 1, 1, S, S_kv) bool, True = attend; None: see is_causal
     is_causal: bool  # with mask None: causal (S == S_kv) or full (S == 1)
     cache: KVCache | None = None
+    # runs a group of blocks instead of `run_blocks` (compiled decoding: `huginn.infer.compiled`)
+    runner: Callable[[nn.ModuleList, Tensor, "AttentionContext", list[int]], Tensor] | None = None
+
+
+def run_blocks(blocks: nn.ModuleList, x: Tensor, ctx: AttentionContext, slots: list[int]) -> Tensor:
+    """Run `blocks` in order, block i writing KV slot `slots[i]`. Every block of the model runs
+    through here (prelude, one core step, coda), so that a runner can take a group over."""
+    if ctx.runner is not None:
+        return ctx.runner(blocks, x, ctx, slots)
+    for block, slot in zip(blocks, slots):
+        x = block(x, ctx, slot)
+    return x
 
 
 class RMSNorm(nn.Module):
@@ -124,15 +136,23 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, ctx: AttentionContext, slot: int) -> Tensor:
         B, S, _ = x.shape
-        q, k, v = self.Wqkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, S, self.n_heads, self.hd)
-        k = k.view(B, S, self.n_kv, self.hd)
-        v = v.view(B, S, self.n_kv, self.hd)
-        if self.qk_bias is not None:
-            q, k = q + self.qk_bias[0], k + self.qk_bias[1]
-        q, k = apply_rope(q, ctx.rope), apply_rope(k, ctx.rope)
+        H, KV, hd = self.n_heads, self.n_kv, self.hd
+        qkv = self.Wqkv(x)
+        v = qkv[..., (H + KV) * hd :].view(B, S, KV, hd)
+        if self.q_norm is None and (self.qk_bias is None or KV == H):
+            # q and k side by side as H + KV heads: one bias add and one RoPE call (decoding is op-bound)
+            qk = qkv[..., : (H + KV) * hd].view(B, S, H + KV, hd)
+            if self.qk_bias is not None:
+                qk = qk + self.qk_bias.view(2 * H, hd)  # rows [q heads | k heads], as published
+            q, k = apply_rope(qk, ctx.rope).split([H, KV], dim=2)
+        else:
+            q, k = qkv[..., : (H + KV) * hd].split([H * hd, KV * hd], dim=-1)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = q.view(B, S, H, hd), k.view(B, S, KV, hd)
+            if self.qk_bias is not None:
+                q, k = q + self.qk_bias[0], k + self.qk_bias[1]
+            q, k = apply_rope(q, ctx.rope), apply_rope(k, ctx.rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, hd)
         mask, is_causal = ctx.mask, ctx.is_causal
         if ctx.cache is not None:

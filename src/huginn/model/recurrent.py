@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from huginn.config import ModelConfig
 from huginn.errors import HuginnError
 from huginn.model.init import init_weights
-from huginn.model.layers import BLOCKS, AttentionContext, KVCache, RMSNorm, causal_mask, rope_table
+from huginn.model.layers import BLOCKS, AttentionContext, KVCache, RMSNorm, causal_mask, run_blocks, rope_table
 
 Steps = int | tuple[int, int] | list[int]
 
@@ -133,9 +133,7 @@ class RecurrentLM(nn.Module):
         x = self.transformer.wte(input_ids)
         if self.model_config.emb_scale != 1:
             x = x * self.model_config.emb_scale
-        for i, block in enumerate(self.transformer.prelude):
-            x = block(x, ctx, i)
-        return x
+        return run_blocks(self.transformer.prelude, x, ctx, list(range(len(self.transformer.prelude))))
 
     def initialize_state(self, e: Tensor, init_scale: float | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Truncated-normal (+-3 sigma) noise with sigma = std * init_scale, times the embedding scale."""
@@ -156,18 +154,20 @@ class RecurrentLM(nn.Module):
             x = self.transformer.adapter(torch.cat([state, e], dim=-1))
         else:
             x = state + e
-        first = self.model_config.n_layers_in_prelude + step * self.model_config.n_layers_in_recurrent_block
-        for j, block in enumerate(self.transformer.core_block):
-            x = block(x, ctx, first + j)
-        return x
+        R = self.model_config.n_layers_in_recurrent_block
+        first = self.model_config.n_layers_in_prelude + step * R
+        return run_blocks(self.transformer.core_block, x, ctx, list(range(first, first + R)))
 
-    def predict(self, state: Tensor, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
-        """(logits, latents) from a state: ln_f, coda, ln_f again, head."""
+    def predict(self, state: Tensor, ctx: AttentionContext, last_only: bool = False) -> tuple[Tensor, Tensor]:
+        """(logits, latents) from a state: ln_f, coda, ln_f again, head. With `last_only` the head
+        reads only the last position (decoding): logits (B, V), latents (B, 1, d); the coda still
+        runs over every position, so that its KV entries exist for later tokens."""
         latents = self.transformer.ln_f(state)
         # a retrofitted base normalises only once, after its last layer
         x = latents if self.model_config.coda_input_norm else state
-        for i, block in enumerate(self.transformer.coda):
-            x = block(x, ctx, -(i + 1))
+        x = run_blocks(self.transformer.coda, x, ctx, [-(i + 1) for i in range(len(self.transformer.coda))])
+        if last_only:
+            x, latents = x[:, -1], latents[:, -1:]
         x = self.transformer.ln_f(x)
         return self.lm_head(x).float(), latents
 
