@@ -132,3 +132,24 @@ def test_cached_decode_matches_reference(reference_model, expected):
     for t in range(16, 24):
         out.append(reference_model(ids[:, t : t + 1], num_steps=4, init_scale=0.0, past_key_values=cache, use_cache=True).logits[:, -1])
     torch.testing.assert_close(torch.stack(out, 1), expected["cached_decode_last_logits_steps4"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"coda_input_norm": False, "block_type": "prenorm", "qk_bias": False}])
+def test_cached_token_logits_equal_full_forwards(overrides):
+    """The logits of every cached forward (prefill, then one token at a time) equal an uncached
+    forward over the sequence so far (also for retrofitted bases, whose coda reads the state
+    without ln_f)."""
+    from huginn.infer.generate import Depth, run_tokens
+    from huginn.infer.kv_cache import HuginnStaticCache
+    from tests.conftest import tiny_model
+
+    model = tiny_model(seed=5, **overrides)
+    ids = torch.randint(1, 200, (1, 9))
+    depth = Depth(3, init_scale=0.0)
+    cache = HuginnStaticCache.for_model(model, 1, 3, 16)
+    with torch.no_grad():
+        for t in range(5, ids.shape[1] + 1):
+            new = ids[:, :5] if t == 5 else ids[:, t - 1 : t]
+            got = run_tokens(model, new, cache, depth).logits[0]
+            want = model(ids[:, :t], num_steps=3, init_scale=0.0).logits[0, -1]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
