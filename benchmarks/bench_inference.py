@@ -32,17 +32,33 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def ours(model, B: int, prompt: int, new: int, repeats: int, policy=None) -> dict:
+def ours(model, B: int, prompt: int, new: int, repeats: int, policy=None, compile: bool = False) -> dict:
     ids = torch.randint(0, 4096, (B, prompt))
     depth = Depth(STEPS, init_scale=0.0)
+    kw = dict(policy=policy, compile=compile)
     with torch.no_grad():
-        generate(model, ids, depth, Stopping(2), policy=policy)  # warm-up
-        prefill = best_of(lambda: generate(model, ids, depth, Stopping(1), policy=policy), repeats)
-        total = best_of(lambda: generate(model, ids, depth, Stopping(new + 1), policy=policy), repeats)
-        cache = generate(model, ids, depth, Stopping(new), policy=policy).cache
+        t0 = time.perf_counter()
+        generate(model, ids, depth, Stopping(new + 1), **kw)  # warm-up (and compilation, for this cache capacity)
+        warmup = time.perf_counter() - t0
+        prefill = best_of(lambda: generate(model, ids, depth, Stopping(1), **kw), repeats)
+        total = best_of(lambda: generate(model, ids, depth, Stopping(new + 1), **kw), repeats)
+        cache = generate(model, ids, depth, Stopping(new), **kw).cache
     decode = total - prefill  # `new` decode forwards after the prefill
     return {"prefill_tok_s": B * prompt / prefill, "decode_tok_s": B * new / decode, "kv_bytes": cache.memory_bytes(),
-            "core_kv_bytes": cache.memory_bytes("core")}
+            "core_kv_bytes": cache.memory_bytes("core"), "warmup_s": warmup}
+
+
+def matvec_floor(model, repeats: int) -> float:
+    """Tokens/s if a batch-1 token cost only its matrix-vector products (every linear of the 36
+    block calls and the head, weights as stored, same thread count): the bound the rest is judged by."""
+    mc = model.model_config
+    tr = model.transformer
+    calls = [*tr.prelude, *[b for _ in range(STEPS) for b in tr.core_block], *tr.coda]
+    weights = [m.weight for b in calls for m in (b.attn.Wqkv, b.attn.proj, b.mlp.fc, b.mlp.proj)] + [model.lm_head.weight]
+    xs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
+    with torch.no_grad():
+        t = best_of(lambda: [torch.nn.functional.linear(xs[w.shape[1]], w) for _ in range(8) for w in weights], repeats) / 8
+    return 1.0 / t
 
 
 def llama(B: int, prompt: int, new: int, repeats: int, dtype) -> dict:
@@ -72,7 +88,17 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = RavenConfig.from_model_config(named_shape("small", block_size=2048))
     base = RavenForCausalLM(cfg).eval()
+    floor = matvec_floor(base, args.repeats)
+    print(f"matrix-vector floor, fp32 batch 1: {floor:.1f} tok/s (the linears alone; {args.threads} threads)", flush=True)
     rows = []
+    for B in (1, 8):
+        r = ours(base, B, PROMPT, new, args.repeats, compile=True)
+        e = ours(base, B, PROMPT, new, args.repeats)
+        l = llama(B, PROMPT, new, args.repeats, torch.float32)
+        extra = f", {100 * r['decode_tok_s'] / floor:.0f}% of the floor" if B == 1 else ""
+        print(f"fp32 compiled batch {B}: decode {r['decode_tok_s']:8.1f} tok/s (eager {e['decode_tok_s']:.1f}, x{r['decode_tok_s'] / e['decode_tok_s']:.2f}; "
+              f"llama-36 {l['decode_tok_s']:.1f}, x{r['decode_tok_s'] / l['decode_tok_s']:.2f}{extra})  first call incl. compilation "
+              f"{r['warmup_s']:.1f} s", flush=True)
     for dtype in (torch.float32, torch.bfloat16):
         model = base.to(dtype)
         for B in (1, 8):

@@ -58,7 +58,7 @@ def _load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
 
 
 def _gen_kwargs(num_steps, exit_spec, cache, continuous, max_new_tokens, temperature, top_k, top_p, min_p,
-                repetition_penalty, draft_steps, lookahead, seed, init_scale, tokenizer) -> dict:
+                repetition_penalty, draft_steps, lookahead, seed, init_scale, compile, tokenizer) -> dict:
     import torch
     from transformers import GenerationConfig
 
@@ -77,7 +77,7 @@ def _gen_kwargs(num_steps, exit_spec, cache, continuous, max_new_tokens, tempera
         return_dict_in_generate=True,
     )
     kw: dict = dict(generation_config=gc, num_steps=num_steps, init_scale=init_scale, cache_lookup_strategy=cache,
-                    continuous_compute=continuous, tokenizer=tokenizer)
+                    continuous_compute=continuous, tokenizer=tokenizer, compile=compile)
     if seed is not None:
         kw["generator"] = torch.Generator().manual_seed(seed)
     if exit_spec:
@@ -105,6 +105,7 @@ def _options(f):
         click.option("--seed", type=int, default=None, help="Seed for sampling."),
         click.option("--init-scale", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Initial state noise; 0 = deterministic zero state."),
         click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True),
+        click.option("--compile", is_flag=True, help="Decode through torch.compile'd block graphs (faster after a compilation of ~10 s)."),
     ]
     for opt in reversed(opts):
         f = opt(f)

@@ -5,7 +5,8 @@ Accepted besides a `GenerationConfig` and its fields: `num_steps`, `init_scale`,
 `exit_threshold`, `exit_evaluator`, `min_steps`, `check_criterion_every_n_steps`,
 `continuous_compute`, `cache_lookup_strategy` / `cache_kwargs={"lookup_strategy": ...}`,
 `draft_steps`, `lookahead_for_draft`, `verification_threshold`, `attention_mask`, `streamer`,
-`tokenizer` (for `stop_strings`), `generator`. Unknown keywords are an error, named.
+`tokenizer` (for `stop_strings`), `generator`, `compile` (compiled decoding, `huginn.infer.compiled`).
+Unknown keywords are an error, named.
 Non-goals: beam search and transformers' logits processors (use plain transformers models for those).
 """
 
@@ -29,7 +30,7 @@ OUR_KWARGS = {
     "num_steps", "init_scale", "criterion", "exit_threshold", "exit_evaluator", "min_steps",
     "check_criterion_every_n_steps", "continuous_compute", "cache_lookup_strategy", "cache_kwargs",
     "draft_steps", "lookahead_for_draft", "verification_threshold", "attention_mask", "streamer",
-    "tokenizer", "generator", "do_not_exit_in_prefill", "use_cache", "past_key_values",
+    "tokenizer", "generator", "do_not_exit_in_prefill", "use_cache", "past_key_values", "compile",
 }
 
 
@@ -115,7 +116,7 @@ def model_generate(model, input_ids: Tensor | None = None, generation_config: Ge
         )
     else:
         result = generate(model, input_ids, depth, stopping, sampling, attention_mask, policy,
-                          streamer=ours.get("streamer"), generator=generator)
+                          streamer=ours.get("streamer"), generator=generator, compile=bool(ours.get("compile", False)))
     if gc.return_dict_in_generate:
         return HuginnGenerateOutput(
             sequences=result.sequences,
