@@ -85,11 +85,29 @@ def build_data(cfg: JobConfig, mc: ModelConfig, layout: Layout):
             raise HuginnError(f"the built-in corpus needs vocab_size >= {corpus.VOCAB_SIZE}, the model has {mc.vocab_size}")
         return BuiltinSource(layout, d.seq_len, cfg.train.seed, d.val_samples)
     if d.kind == "packed":
+        check_packed_vocab([d.path, d.val_path], mc.vocab_size)
         return PackedSource(layout, d.path, d.val_path, cfg.train.seed, d.val_samples)
     tok = load_tokenizer(d.tokenizer or cfg.model.init_from)
     if len(tok) > mc.vocab_size:
         raise HuginnError(f"vocab mismatch: the tokenizer has {len(tok)} tokens but the model only {mc.vocab_size}; use the model's own tokenizer")
     return ChatSource(layout, d.path, d.val_path, tok, d.seq_len, cfg.train.seed, d.val_samples)
+
+
+def check_packed_vocab(paths, vocab_size: int) -> None:
+    """Refuse packed data tokenized with a larger vocabulary than the model's (from the manifests;
+    bare parquet files carry none and are not checked)."""
+    from huginn.data.tokenize import MANIFEST, read_manifest
+
+    for path in paths:
+        for p in [path] if isinstance(path, str) else (path or []):
+            if not (Path(p) / MANIFEST).is_file():
+                continue
+            n = read_manifest(p).get("tokenizer", {}).get("vocab_size")
+            if isinstance(n, int) and n > vocab_size:
+                raise HuginnError(
+                    f"vocab mismatch: {p} was tokenized with {n} tokens but the model has vocab_size {vocab_size}; "
+                    f"retokenize with the model's tokenizer or set model.overrides.vocab_size"
+                )
 
 
 def depth_sampler(cfg: JobConfig, mc: ModelConfig) -> DepthSampler:
