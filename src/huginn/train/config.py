@@ -58,7 +58,7 @@ class DepthSection:
 @dataclass
 class OptimSection:
     name: Literal["adamw", "ellis-adam", "muon"] = "adamw"
-    lr: float = 3e-3  # AdamW / ELLISAdam lr; with muon: the lr of embeddings, head, norms and biases
+    lr: float = 1e-3  # AdamW / ELLISAdam lr; with muon: the lr of embeddings, head, norms and biases
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1
@@ -83,7 +83,7 @@ class ScheduleSection:
 
 @dataclass
 class TrainSection:
-    max_steps: int = 600
+    max_steps: int = 1200
     batch_size: int = 16  # global batch in rows (over all ranks and micro-batches)
     micro_batch_size: int | None = None  # rows per rank per forward; None: batch_size / world size
     seed: int = 0

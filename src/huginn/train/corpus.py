@@ -1,9 +1,9 @@
 """The built-in training corpus: generated multi-hop lookups in a permutation table, character-level.
 
-Each problem writes a random cycle through 5 to 8 letters as a shuffled table, then asks for
-f^k(x), the letter k hops after x, for 20 distinct (x, k) with k in 1..4:
+Each problem writes a random cycle through 4 or 5 letters as a shuffled table, then asks for
+f^k(x), the letter k hops after x, for every distinct (x, k) with k in 1..2, in random order:
 
-    i=d;p=s;d=p;s=y;c=i;y=c;*s1?y;i2?p;d4?c;p3?d;...
+    i=d;p=s;d=p;s=i;*s1?i;i2?p;d2?s;p1?s;...
 
 The answer after `?` is deterministic given the prefix and needs k chained lookups (pointer
 chasing), which a model can only do by spending depth on it (the recurrence's job). `answer_mask`
@@ -24,19 +24,22 @@ ALPHABET = "\x00\n;=?+-*" + string.digits + string.ascii_lowercase  # 44 symbols
 VOCAB_SIZE = 48  # the alphabet, rounded up
 STOI = {c: i for i, c in enumerate(ALPHABET)}
 VAL_OFFSET = 1 << 40  # held-out rows come from a disjoint index range
-QUERIES = 20  # queries per table: a problem fills about one 128-character row
-MAX_HOPS = 4
+QUERIES = 20  # at most this many queries per table
+MAX_HOPS = 2
+LETTERS = (4, 5)  # letters per table (inclusive). Small tables and two hops are what a width-64 model
+# learns on 2 CPU cores in minutes (in-context lookup needs an induction circuit to form first);
+# 5-8 letters with 1-4 hops stayed at chance after 600 steps.
 
 
 def problem(rng: random.Random) -> str:
-    """A random cyclic permutation f of 5 to 8 letters written as a table, then queries `x k ? f^k(x)`.
+    """A random cyclic permutation f of LETTERS letters written as a table, then queries `x k ? f^k(x)`.
 
-        i=d;p=s;d=p;s=y;c=i;y=c;*s1?y;i2?p;d4?c;...
+        i=d;p=s;d=p;s=i;*s1?i;i2?p;d2?s;...
 
     The answer after `?` is deterministic given the prefix but needs k chained lookups in the table
     (pointer chasing), i.e. sequential computation that depth (the recurrence) can supply. Hops are
-    1 to 4; dense queries make one token in five an answer."""
-    letters = rng.sample(string.ascii_lowercase, rng.randint(5, 8))
+    1 to MAX_HOPS; dense queries make one token in five an answer."""
+    letters = rng.sample(string.ascii_lowercase, rng.randint(*LETTERS))
     # one cycle through all letters: f^k(x) != x for k < len(letters), so no answer is the query itself
     f = {a: letters[(i + 1) % len(letters)] for i, a in enumerate(letters)}
     table = [f"{a}={f[a]}" for a in rng.sample(letters, len(letters))]
