@@ -43,3 +43,24 @@ def test_only_h_requires_grad():
     y = torch.randint(0, 5, (6,))
     linear_cross_entropy(h, w, y, chunk_size=2).backward()
     assert h.grad is not None
+
+
+@pytest.mark.parametrize("overrides", [{}, {"coda_input_norm": False, "block_type": "prenorm", "qk_bias": False}])
+def test_training_forward_loss_equals_model_forward(overrides):
+    """The training forward (chunked loss, seeded per-row initial state) computes the loss of the
+    model's own forward, also for retrofitted bases whose coda reads the state without ln_f."""
+    from huginn.config import named_shape
+    from huginn.model.recurrent import RecurrentLM
+    from huginn.train.forward import TrainForward
+
+    torch.manual_seed(0)
+    model = RecurrentLM(named_shape("tiny", **overrides))
+    x = torch.randint(0, 200, (2, 12))
+    y = torch.randint(0, 200, (2, 12))
+    fwd = TrainForward(model, loss_chunk=7)
+    with torch.no_grad():
+        got = fwd(x, y, 1, 2, torch.tensor([3, 4]))
+        states = fwd.initial_state(model.embed(x, model.context(2, 12)), torch.tensor([3, 4]))
+        logits = model(x, (1, 2), input_states=states).logits
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

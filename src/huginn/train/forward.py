@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from huginn.model.layers import run_blocks
 from huginn.model.recurrent import RecurrentLM
 from huginn.train.loss import linear_cross_entropy
 
@@ -52,9 +53,9 @@ class TrainForward(nn.Module):
                 state = checkpoint(m.core_step, state, e, ctx, step, use_reentrant=False)
             else:
                 state = m.core_step(state, e, ctx, step)
-        x = m.transformer.ln_f(state)
-        for i, block in enumerate(m.transformer.coda):
-            x = block(x, ctx, -(i + 1))
+        # the model's own coda input: ln_f(state), or the raw state for retrofitted bases
+        x = m.transformer.ln_f(state) if m.model_config.coda_input_norm else state
+        x = run_blocks(m.transformer.coda, x, ctx, [-(i + 1) for i in range(len(m.transformer.coda))])
         return m.transformer.ln_f(x)
 
     def forward(
