@@ -16,8 +16,8 @@ exactly as the eager cache does it.
 
 Used by `generate(..., compile=True)` for single-token forwards when no row is frozen and the
 lookup is not `skip`; every other forward runs eagerly. Results equal eager decoding up to float
-rounding (tests: compiled == eager, tokens and logits). Non-goals: compiling the prefill (one call
-per prompt, already matmul-bound) or training.
+rounding (tests: compiled == eager in tokens, KV entries and step counts). Non-goals: compiling the
+prefill (one call per prompt, already matmul-bound); training (`train.compile` compiles its blocks).
 """
 
 from __future__ import annotations
