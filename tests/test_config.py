@@ -39,7 +39,7 @@ def test_bad_shapes(overrides, message):
 
 
 def test_unknown_shape():
-    with pytest.raises(HuginnError, match="valid: nebel-raven-3.5b, tiny"):
+    with pytest.raises(HuginnError, match="valid: nebel-raven-3.5b, tiny, demo"):
         named_shape("huge")
 
 

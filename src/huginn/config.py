@@ -167,6 +167,13 @@ SHAPES: dict[str, ModelConfig] = {
         n_embd=64, n_heads=4, intermediate_size=128, vocab_size=256, padding_multiple=64, block_size=128,
         mean_recurrence=4, mean_backprop_depth=2,
     ),
+    # the built-in training default: half the tiny shape's layers (1+2+1), so twice the steps fit in
+    # its CPU minutes (and depth has to come from the recurrence)
+    "demo": ModelConfig(
+        n_embd=64, n_heads=4, intermediate_size=128, vocab_size=256, padding_multiple=64, block_size=128,
+        n_layers_in_prelude=1, n_layers_in_recurrent_block=2, n_layers_in_coda=1,
+        mean_recurrence=4, mean_backprop_depth=2,
+    ),
     # the benchmark shape of the inference and training issues: 2+4+2 layers, width 256
     "small": ModelConfig(
         n_embd=256, n_heads=4, intermediate_size=768, vocab_size=4096, padding_multiple=64, block_size=1024,

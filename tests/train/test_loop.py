@@ -119,7 +119,7 @@ def test_export_loads_with_auto_classes(tmp_path):
 def test_config_overrides_parse():
     c = load_config(None, ["optim.lr=1e-3", "eval.scaling=[1, 3]", "train.precision=bf16", "optim.betas=[0.8, 0.9]"])
     assert c.optim.lr == 1e-3 and c.eval.scaling == [1, 3] and c.train.precision == "bf16" and c.optim.betas == [0.8, 0.9]
-    assert json.loads(json.dumps(c.to_dict()))["train"]["max_steps"] == 1200
+    assert json.loads(json.dumps(c.to_dict()))["train"]["max_steps"] == 2000
 
 
 def test_default_yaml_is_the_builtin_default():

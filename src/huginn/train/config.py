@@ -31,7 +31,7 @@ from huginn.errors import HuginnError, one_of
 
 @dataclass
 class ModelSection:
-    shape: str = "tiny"  # a named shape (huginn.config.SHAPES)
+    shape: str = "demo"  # a named shape (huginn.config.SHAPES)
     overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {n_embd: 128}
     init_from: str | None = None  # a published-format checkpoint folder: fine-tune it (shape ignored)
 
@@ -83,7 +83,7 @@ class ScheduleSection:
 
 @dataclass
 class TrainSection:
-    max_steps: int = 1200
+    max_steps: int = 2000
     batch_size: int = 16  # global batch in rows (over all ranks and micro-batches)
     micro_batch_size: int | None = None  # rows per rank per forward; None: batch_size / world size
     seed: int = 0
