@@ -51,7 +51,6 @@ def ours(model, B: int, prompt: int, new: int, repeats: int, policy=None, compil
 def matvec_floor(model, repeats: int) -> float:
     """Tokens/s if a batch-1 token cost only its matrix-vector products (every linear of the 36
     block calls and the head, weights as stored, same thread count): the bound the rest is judged by."""
-    mc = model.model_config
     tr = model.transformer
     calls = [*tr.prelude, *[b for _ in range(STEPS) for b in tr.core_block], *tr.coda]
     weights = [m.weight for b in calls for m in (b.attn.Wqkv, b.attn.proj, b.mlp.fc, b.mlp.proj)] + [model.lm_head.weight]

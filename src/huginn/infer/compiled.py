@@ -60,9 +60,10 @@ def compiled_block_call():
     return _compiled
 
 
-def can_compile(cache, seq_len: int) -> bool:
-    """Whether a forward of `seq_len` tokens can run compiled with this cache."""
-    return seq_len == 1 and cache.active_rows is None and cache.policy.lookup != "skip"
+def can_compile(cache, seq_len: int, freezes_rows: bool) -> bool:
+    """Whether a forward of `seq_len` tokens can run compiled with this cache: a single token, no
+    row frozen now or during the forward (`freezes_rows`: batched early exits), no `skip` lookup."""
+    return seq_len == 1 and not freezes_rows and cache.active_rows is None and cache.policy.lookup != "skip"
 
 
 class CompiledRunner:

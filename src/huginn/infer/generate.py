@@ -100,7 +100,7 @@ def run_tokens(
     through `huginn.infer.compiled` where it can (no frozen rows, no `skip` lookup)."""
     B, S = ids.shape
     ctx = model.context(B, S, attention_mask, None, cache)
-    if compiled and can_compile(cache, S) and (depth.criterion is None or B == 1) and active is None:
+    if compiled and can_compile(cache, S, freezes_rows=active is not None or (depth.criterion is not None and B > 1)):
         ctx = replace(ctx, runner=CompiledRunner(cache, attention_mask))
     e = model.embed(ids, ctx)
     state = model.initialize_state(e, depth.init_scale, generator) if input_states is None else input_states.to(e.dtype)

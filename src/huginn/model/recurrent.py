@@ -158,18 +158,23 @@ class RecurrentLM(nn.Module):
         first = self.model_config.n_layers_in_prelude + step * R
         return run_blocks(self.transformer.core_block, x, ctx, list(range(first, first + R)))
 
-    def predict(self, state: Tensor, ctx: AttentionContext, last_only: bool = False) -> tuple[Tensor, Tensor]:
-        """(logits, latents) from a state: ln_f, coda, ln_f again, head. With `last_only` the head
-        reads only the last position (decoding): logits (B, V), latents (B, 1, d); the coda still
-        runs over every position, so that its KV entries exist for later tokens."""
+    def readout(self, state: Tensor, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
+        """(hidden, latents): the coda's normalised output, which the head reads, and ln_f(state).
+        The coda reads ln_f(state), or the raw state for a retrofitted base (which normalises only
+        once, after its last layer). Training calls this too, so both compute the same function."""
         latents = self.transformer.ln_f(state)
-        # a retrofitted base normalises only once, after its last layer
         x = latents if self.model_config.coda_input_norm else state
         x = run_blocks(self.transformer.coda, x, ctx, [-(i + 1) for i in range(len(self.transformer.coda))])
+        return self.transformer.ln_f(x), latents
+
+    def predict(self, state: Tensor, ctx: AttentionContext, last_only: bool = False) -> tuple[Tensor, Tensor]:
+        """(logits, latents) from a state: `readout`, then the head. With `last_only` the head
+        reads only the last position (decoding): logits (B, V), latents (B, 1, d); the coda still
+        runs over every position, so that its KV entries exist for later tokens."""
+        hidden, latents = self.readout(state, ctx)
         if last_only:
-            x, latents = x[:, -1], latents[:, -1:]
-        x = self.transformer.ln_f(x)
-        return self.lm_head(x).float(), latents
+            hidden, latents = hidden[:, -1], latents[:, -1:]
+        return self.lm_head(hidden).float(), latents
 
     # --- the whole model ----------------------------------------------------------------------
     def forward(

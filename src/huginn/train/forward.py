@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from huginn.model.layers import run_blocks
 from huginn.model.recurrent import RecurrentLM
 from huginn.train.loss import linear_cross_entropy
 
@@ -53,10 +52,7 @@ class TrainForward(nn.Module):
                 state = checkpoint(m.core_step, state, e, ctx, step, use_reentrant=False)
             else:
                 state = m.core_step(state, e, ctx, step)
-        # the model's own coda input: ln_f(state), or the raw state for retrofitted bases
-        x = m.transformer.ln_f(state) if m.model_config.coda_input_norm else state
-        x = run_blocks(m.transformer.coda, x, ctx, [-(i + 1) for i in range(len(m.transformer.coda))])
-        return m.transformer.ln_f(x)
+        return m.readout(state, ctx)[0]
 
     def forward(
         self,
