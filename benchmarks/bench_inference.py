@@ -113,6 +113,10 @@ def main() -> None:
     long = ours(model, 1, 1024 - new - 1, new, max(1, args.repeats - 1))
     print(f"fp32 batch 1 decode at ~1024 context: {long['decode_tok_s']:.1f} tok/s = "
           f"{100 * long['decode_tok_s'] / short['decode_tok_s']:.0f}% of the speed at 64 ({short['decode_tok_s']:.1f})")
+    cshort = ours(model, 1, PROMPT, new, args.repeats, compile=True)
+    clong = ours(model, 1, 1024 - new - 1, new, max(1, args.repeats - 1), compile=True)
+    print(f"fp32 compiled batch 1 decode at ~1024 context: {clong['decode_tok_s']:.1f} tok/s = "
+          f"{100 * clong['decode_tok_s'] / cshort['decode_tok_s']:.0f}% of the speed at 64 ({cshort['decode_tok_s']:.1f})")
     mc = model.model_config
     full = HuginnStaticCache.for_model(model, 1, 32, PROMPT + NEW, CachePolicy())
     s8 = HuginnStaticCache.for_model(model, 1, 32, PROMPT + NEW, CachePolicy.parse("compress-s8"))
