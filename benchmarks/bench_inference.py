@@ -2,8 +2,11 @@
 
 Shape `small` (2+4+2 layers, width 256, 4 heads, GLU 768, vocab 4096), 8 core steps, 64-token
 prompt, 64 new tokens, CPU, 2 threads. Baseline: transformers' LlamaForCausalLM with the same
-materialised depth (2 + 4*8 + 2 = 36 layers) and width, measured in the same run; ratios are the
-figures to compare across machines (the CPU is shared with other jobs, so absolute tok/s is noisy).
+materialised depth (2 + 4*8 + 2 = 36 layers) and width, measured in the same run.
+
+The host's speed drifts by 30% and more over minutes, so every comparison is measured in
+interleaved rounds (each round times every contender once) and each contender keeps its best round:
+a slow phase then hits all contenders alike. Ratios are the figures to compare across machines.
 
     python benchmarks/bench_inference.py [--quick] [--repeats 3]
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 import torch
 
@@ -22,45 +26,32 @@ from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
 
 STEPS, PROMPT, NEW = 8, 64, 64
 
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+Timer = Callable[[], tuple[float, float]]  # one measurement: (prefill seconds, prefill + decode seconds)
 
 
-def ours(model, B: int, prompt: int, new: int, repeats: int, policy=None, compile: bool = False) -> dict:
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def ours(model, B: int, prompt: int, new: int, policy=None, compile: bool = False) -> tuple[Timer, dict]:
+    """A timer for our generation, after a warm-up (which compiles, for this cache capacity)."""
     ids = torch.randint(0, 4096, (B, prompt))
     depth = Depth(STEPS, init_scale=0.0)
     kw = dict(policy=policy, compile=compile)
     with torch.no_grad():
-        t0 = time.perf_counter()
-        generate(model, ids, depth, Stopping(new + 1), **kw)  # warm-up (and compilation, for this cache capacity)
-        warmup = time.perf_counter() - t0
-        prefill = best_of(lambda: generate(model, ids, depth, Stopping(1), **kw), repeats)
-        total = best_of(lambda: generate(model, ids, depth, Stopping(new + 1), **kw), repeats)
+        warmup = timed(lambda: generate(model, ids, depth, Stopping(new + 1), **kw))
         cache = generate(model, ids, depth, Stopping(new), **kw).cache
-    decode = total - prefill  # `new` decode forwards after the prefill
-    return {"prefill_tok_s": B * prompt / prefill, "decode_tok_s": B * new / decode, "kv_bytes": cache.memory_bytes(),
-            "core_kv_bytes": cache.memory_bytes("core"), "warmup_s": warmup}
+
+    def once() -> tuple[float, float]:
+        with torch.no_grad():
+            return (timed(lambda: generate(model, ids, depth, Stopping(1), **kw)),
+                    timed(lambda: generate(model, ids, depth, Stopping(new + 1), **kw)))
+    return once, {"kv_bytes": cache.memory_bytes(), "warmup_s": warmup, "tokens": (B * prompt, B * new)}
 
 
-def matvec_floor(model, repeats: int) -> float:
-    """Tokens/s if a batch-1 token cost only its matrix-vector products (every linear of the 36
-    block calls and the head, weights as stored, same thread count): the bound the rest is judged by."""
-    tr = model.transformer
-    calls = [*tr.prelude, *[b for _ in range(STEPS) for b in tr.core_block], *tr.coda]
-    weights = [m.weight for b in calls for m in (b.attn.Wqkv, b.attn.proj, b.mlp.fc, b.mlp.proj)] + [model.lm_head.weight]
-    xs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
-    with torch.no_grad():
-        t = best_of(lambda: [torch.nn.functional.linear(xs[w.shape[1]], w) for _ in range(8) for w in weights], repeats) / 8
-    return 1.0 / t
-
-
-def llama(B: int, prompt: int, new: int, repeats: int, dtype) -> dict:
+def llama(B: int, prompt: int, new: int, dtype) -> tuple[Timer, dict]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=4,
@@ -69,54 +60,92 @@ def llama(B: int, prompt: int, new: int, repeats: int, dtype) -> dict:
     model = LlamaForCausalLM(cfg).to(dtype).eval()
     ids = torch.randint(0, 4096, (B, prompt))
     kw = dict(do_sample=False, pad_token_id=0)
+
+    def gen(n: int):
+        return model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+
     with torch.no_grad():
-        model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kw)
-        prefill = best_of(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw), repeats)
-        total = best_of(lambda: model.generate(ids, max_new_tokens=new + 1, min_new_tokens=new + 1, **kw), repeats)
-    return {"prefill_tok_s": B * prompt / prefill, "decode_tok_s": B * new / (total - prefill)}
+        gen(2)
+
+    def once() -> tuple[float, float]:
+        with torch.no_grad():
+            return timed(lambda: gen(1)), timed(lambda: gen(new + 1))
+    return once, {"tokens": (B * prompt, B * new)}
+
+
+def matvec_floor(model) -> tuple[Timer, dict]:
+    """Tokens/s if a batch-1 token cost only its matrix-vector products (every linear of the 36
+    block calls and the head, weights as stored, same thread count): the bound the rest is judged by."""
+    tr = model.transformer
+    calls = [*tr.prelude, *[b for _ in range(STEPS) for b in tr.core_block], *tr.coda]
+    weights = [m.weight for b in calls for m in (b.attn.Wqkv, b.attn.proj, b.mlp.fc, b.mlp.proj)] + [model.lm_head.weight]
+    xs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
+
+    def once() -> tuple[float, float]:
+        with torch.no_grad():
+            return 0.0, timed(lambda: [torch.nn.functional.linear(xs[w.shape[1]], w) for _ in range(8) for w in weights])
+    return once, {"tokens": (0, 8)}
+
+
+def rounds(contenders: dict[str, tuple[Timer, dict]], repeats: int) -> dict[str, dict]:
+    """Interleaved rounds; each contender's best prefill and best total give its tok/s."""
+    best: dict[str, list[float]] = {name: [float("inf"), float("inf")] for name in contenders}
+    for _ in range(repeats):
+        for name, (once, _) in contenders.items():
+            pre, total = once()
+            best[name] = [min(best[name][0], pre), min(best[name][1], total)]
+    out = {}
+    for name, (_, info) in contenders.items():
+        pre, total = best[name]
+        n_pre, n_new = info["tokens"]
+        out[name] = {**info, "prefill_tok_s": n_pre / pre if pre else 0.0, "decode_tok_s": n_new / (total - pre)}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds per comparison")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the issue measures at 2)")
     ap.add_argument("--quick", action="store_true", help="fewer tokens (smoke test)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     new = 8 if args.quick else NEW
+    R = args.repeats
     torch.manual_seed(0)
     cfg = RavenConfig.from_model_config(named_shape("small", block_size=2048))
-    base = RavenForCausalLM(cfg).eval()
-    floor = matvec_floor(base, args.repeats)
-    print(f"matrix-vector floor, fp32 batch 1: {floor:.1f} tok/s (the linears alone; {args.threads} threads)", flush=True)
-    rows = []
+    model = RavenForCausalLM(cfg).eval()
+
     for B in (1, 8):
-        r = ours(base, B, PROMPT, new, args.repeats, compile=True)
-        e = ours(base, B, PROMPT, new, args.repeats)
-        l = llama(B, PROMPT, new, args.repeats, torch.float32)
-        extra = f", {100 * r['decode_tok_s'] / floor:.0f}% of the floor" if B == 1 else ""
-        print(f"fp32 compiled batch {B}: decode {r['decode_tok_s']:8.1f} tok/s (eager {e['decode_tok_s']:.1f}, x{r['decode_tok_s'] / e['decode_tok_s']:.2f}; "
-              f"llama-36 {l['decode_tok_s']:.1f}, x{r['decode_tok_s'] / l['decode_tok_s']:.2f}{extra})  first call incl. compilation "
-              f"{r['warmup_s']:.1f} s", flush=True)
-    for dtype in (torch.float32, torch.bfloat16):
-        model = base.to(dtype)
-        for B in (1, 8):
-            r, l = ours(model, B, PROMPT, new, args.repeats), llama(B, PROMPT, new, args.repeats, dtype)
-            rows.append((str(dtype).split(".")[1], B, r, l))
-            print(f"{rows[-1][0]:9s} batch {B}: decode {r['decode_tok_s']:8.1f} tok/s (llama-36 {l['decode_tok_s']:7.1f}, "
-                  f"x{r['decode_tok_s'] / l['decode_tok_s']:.2f})  prefill {r['prefill_tok_s']:8.1f} tok/s "
-                  f"(llama-36 {l['prefill_tok_s']:7.1f}, x{r['prefill_tok_s'] / l['prefill_tok_s']:.2f})  "
-                  f"KV {r['kv_bytes'] / 2**20:.2f} MiB", flush=True)
-        base = base.float()
-    model = base.float()
-    short = ours(model, 1, PROMPT, new, args.repeats)
-    long = ours(model, 1, 1024 - new - 1, new, max(1, args.repeats - 1))
-    print(f"fp32 batch 1 decode at ~1024 context: {long['decode_tok_s']:.1f} tok/s = "
-          f"{100 * long['decode_tok_s'] / short['decode_tok_s']:.0f}% of the speed at 64 ({short['decode_tok_s']:.1f})")
-    cshort = ours(model, 1, PROMPT, new, args.repeats, compile=True)
-    clong = ours(model, 1, 1024 - new - 1, new, max(1, args.repeats - 1), compile=True)
-    print(f"fp32 compiled batch 1 decode at ~1024 context: {clong['decode_tok_s']:.1f} tok/s = "
-          f"{100 * clong['decode_tok_s'] / cshort['decode_tok_s']:.0f}% of the speed at 64 ({cshort['decode_tok_s']:.1f})")
+        c = {"compiled": ours(model, B, PROMPT, new, compile=True), "eager": ours(model, B, PROMPT, new),
+             "llama": llama(B, PROMPT, new, torch.float32)}
+        if B == 1:
+            c["floor"] = matvec_floor(model)
+        r = rounds(c, R)
+        comp, eager, ll = (r[k]["decode_tok_s"] for k in ("compiled", "eager", "llama"))
+        floor = f", {100 * comp / r['floor']['decode_tok_s']:.0f}% of the matvec floor {r['floor']['decode_tok_s']:.1f}" if B == 1 else ""
+        print(f"fp32 batch {B}: compiled decode {comp:7.1f} tok/s (x{comp / ll:.2f} llama-36 {ll:.1f}; x{comp / eager:.2f} "
+              f"eager {eager:.1f}, which is x{eager / ll:.2f} llama{floor}); first call incl. compilation "
+              f"{r['compiled']['warmup_s']:.1f} s", flush=True)
+        print(f"fp32 batch {B}: prefill {r['eager']['prefill_tok_s']:8.1f} tok/s (x{r['eager']['prefill_tok_s'] / r['llama']['prefill_tok_s']:.2f} "
+              f"llama-36 {r['llama']['prefill_tok_s']:.1f})  KV {r['eager']['kv_bytes'] / 2**20:.2f} MiB", flush=True)
+
+    bf = model.to(torch.bfloat16)
+    for B in (1, 8):
+        r = rounds({"ours": ours(bf, B, PROMPT, new), "llama": llama(B, PROMPT, new, torch.bfloat16)}, R)
+        o, ll = r["ours"], r["llama"]
+        print(f"bf16 batch {B}: eager decode {o['decode_tok_s']:7.1f} tok/s (x{o['decode_tok_s'] / ll['decode_tok_s']:.2f} llama-36 "
+              f"{ll['decode_tok_s']:.1f})  prefill {o['prefill_tok_s']:.1f} (x{o['prefill_tok_s'] / ll['prefill_tok_s']:.2f})  "
+              f"KV {o['kv_bytes'] / 2**20:.2f} MiB", flush=True)
+    model = bf.float()
+
+    long_prompt = 1024 - new - 1
+    r = rounds({"eager 64": ours(model, 1, PROMPT, new), "eager 1024": ours(model, 1, long_prompt, new),
+                "compiled 64": ours(model, 1, PROMPT, new, compile=True),
+                "compiled 1024": ours(model, 1, long_prompt, new, compile=True)}, max(1, R - 1))
+    for kind in ("eager", "compiled"):
+        s, l = r[f"{kind} 64"]["decode_tok_s"], r[f"{kind} 1024"]["decode_tok_s"]
+        print(f"fp32 batch 1 {kind} decode at ~1024 context: {l:.1f} tok/s = {100 * l / s:.0f}% of the speed at 64 ({s:.1f})", flush=True)
+
     mc = model.model_config
     full = HuginnStaticCache.for_model(model, 1, 32, PROMPT + NEW, CachePolicy())
     s8 = HuginnStaticCache.for_model(model, 1, 32, PROMPT + NEW, CachePolicy.parse("compress-s8"))
@@ -124,8 +153,8 @@ def main() -> None:
           f"{s8.memory_bytes('core') / 2**20:.2f} MiB ({full.memory_bytes('core') / s8.memory_bytes('core'):.0f}x smaller); "
           f"whole cache {full.memory_bytes() / s8.memory_bytes():.1f}x smaller ({mc.n_layers_in_prelude}+{mc.n_layers_in_coda} "
           "prelude/coda slots are not shared)")
-    s8run = ours(model, 1, PROMPT, new, 1, CachePolicy.parse("compress-s8"))
-    print(f"compress-s8 decode (8 steps): {s8run['decode_tok_s']:.1f} tok/s, KV {s8run['kv_bytes'] / 2**20:.2f} MiB")
+    r = rounds({"s8": ours(model, 1, PROMPT, new, CachePolicy.parse("compress-s8"), compile=True)}, 1)["s8"]
+    print(f"compress-s8 compiled decode (8 steps): {r['decode_tok_s']:.1f} tok/s, KV {r['kv_bytes'] / 2**20:.2f} MiB")
 
 
 if __name__ == "__main__":

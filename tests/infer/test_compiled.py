@@ -12,8 +12,10 @@ from tests.conftest import tiny_model
 
 
 def both(model, ids, depth, new, **kw):
-    """Eager and compiled generations; asserts that the compiled graphs really ran."""
-    graph = compiled.compiled_block_call()
+    """Eager and compiled generations; asserts that the compiled graphs really ran: the token graph
+    once per decoded token at fixed depth, the group graphs (prelude, core steps, coda) with exits."""
+    name = "token" if depth.criterion is None else "blocks"
+    graph = compiled.compiled_graph(name)
     calls = []
 
     def spy(*args):
@@ -22,12 +24,12 @@ def both(model, ids, depth, new, **kw):
 
     with torch.no_grad():
         eager = generate(model, ids, depth, Stopping(new), **kw)
-        compiled._compiled = spy
+        compiled._compiled[name] = spy
         try:
             comp = generate(model, ids, depth, Stopping(new), compile=True, **kw)
         finally:
-            compiled._compiled = graph
-    assert len(calls) >= 3 * (new - 1)  # prelude, core steps and coda of every decoded token
+            compiled._compiled[name] = graph
+    assert len(calls) >= (1 if name == "token" else 3) * (new - 1)
     return eager, comp
 
 
@@ -58,3 +60,20 @@ def test_compiled_continuous_and_adaptive_single_row():
         eager, comp = both(model, ids, depth, 8)
         assert torch.equal(eager.sequences, comp.sequences)
         assert torch.equal(eager.compute_steps, comp.compute_steps)
+
+
+@pytest.mark.slow
+def test_compiled_sampling_with_random_initial_state_equals_eager():
+    """The token graph draws its initial state before the graph runs: the same random numbers, in
+    the same order as eager decoding (which draws after the prelude), for states and sampling."""
+    from huginn.infer.sampling import Sampling
+
+    model = tiny_model(seed=5)
+    ids = torch.randint(1, 200, (1, 4))
+    outs = []
+    for comp in (False, True):
+        g = torch.Generator().manual_seed(11)
+        with torch.no_grad():
+            outs.append(generate(model, ids, Depth(3), Stopping(8), Sampling(do_sample=True, temperature=1.0, top_k=20),
+                                 generator=g, compile=comp).sequences)
+    assert torch.equal(outs[0], outs[1])

@@ -1,18 +1,24 @@
-"""Compiled single-token decoding: each group of blocks (prelude, one core step, coda) is one graph.
+"""Compiled single-token decoding: a fixed-depth token is one graph; an adaptive one, a graph per
+group of blocks.
 
 Decoding a token of the benchmark shape makes 36 block calls (2 + 4 x 8 + 2), and in eager PyTorch
-each is about 40 small operators whose dispatch costs more than the matrix-vector products. Here
-the prelude, each core step and the coda are one compiled call each (10 calls per token instead of
-36 blocks x 40 operators): inductor fuses the norms, RoPE, residuals, SiLU and cache writes into a
-few kernels; the matmuls stay library calls. Blocks are instances of one class, so dynamo lifts
-their weights to graph inputs: one graph serves all core steps, one the prelude and the coda (same
-depth). A new batch size or cache capacity recompiles once; dynamo then treats it as dynamic.
+each is about 40 small operators whose dispatch costs more than the matrix-vector products.
+- Fixed depth (`decode_token`): embedding, prelude, every core step, coda and head are one
+  compiled call per token. Inductor fuses the norms, RoPE, residuals, SiLU, injections and cache
+  writes into a few kernels; the matmuls stay library calls; Python runs once per token. The graph
+  is specialised to the depth (a new `num_steps` compiles a new one).
+- Adaptive exits (batch 1) check a criterion between steps, so the prelude, each core step and the
+  coda are one compiled call each (`CompiledRunner`, the model's `AttentionContext.runner`). Blocks
+  are instances of one class, so dynamo lifts their weights to graph inputs: one graph serves all
+  core steps.
+A new batch size or cache capacity recompiles once; dynamo then treats it as dynamic. Inductor
+keeps compiled graphs on disk, so a later process starts faster.
 
-Attention gets a `SlotKV` (this slot's preallocated keys/values, the write column as a tensor, the
-mask of filled columns) instead of the cache object: the graph reads the whole capacity under that
+Attention gets views of its slot's preallocated keys/values, the write column as a tensor and the
+mask of filled columns instead of the cache object: the graph reads the whole capacity under that
 mask, so its shapes never change as the context grows, and none of the cache's Python bookkeeping
-is traced. That bookkeeping (begin a token, record its steps) runs in `CompiledRunner`, in Python,
-exactly as the eager cache does it.
+is traced. That bookkeeping (begin a token, map slots to storage, record its steps) runs in Python
+before the graph, exactly as the eager cache does it.
 
 Used by `generate(..., compile=True)` for single-token forwards when no row is frozen and the
 lookup is not `skip`; every other forward runs eagerly. Results equal eager decoding up to float
@@ -29,7 +35,7 @@ from huginn.model.layers import AttentionContext
 
 
 class SlotKV:
-    """The KV-cache protocol for one storage slot, traced into the compiled graph."""
+    """The KV-cache protocol for one storage slot, traced into a group graph."""
 
     def __init__(self, k: Tensor, v: Tensor, col: Tensor, valid: Tensor) -> None:
         self.k, self.v, self.col, self.valid = k, v, col, valid
@@ -39,7 +45,22 @@ class SlotKV:
         self.v.index_copy_(2, self.col, value)
         return self.k, self.v, self.valid
 
-    def get_seq_length(self) -> int:  # the runner resolves positions before the graph runs
+    def get_seq_length(self) -> int:  # positions are resolved before the graph runs
+        return 0
+
+
+class TokenKV:
+    """The KV-cache protocol for a whole token, traced into the token graph: `kvs[i]` is the i-th
+    block call's slot (prelude, core steps in order, then the coda), so a slot number maps to a
+    list position without the cache's Python state (slot s >= 0 -> s, coda slot -(i + 1) -> n_front + i)."""
+
+    def __init__(self, kvs: list[SlotKV], n_front: int) -> None:
+        self.kvs, self.n_front = kvs, n_front
+
+    def update(self, key: Tensor, value: Tensor, slot: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.kvs[slot if slot >= 0 else self.n_front - slot - 1].update(key, value, slot)
+
+    def get_seq_length(self) -> int:
         return 0
 
 
@@ -49,15 +70,22 @@ def _blocks_call(blocks: nn.ModuleList, x: Tensor, rope: Tensor, kvs: list[SlotK
     return x
 
 
-_compiled = None
+def _token_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, num_steps: int) -> tuple[Tensor, Tensor]:
+    ctx = AttentionContext(rope, None, False, kv)
+    e = model.embed(ids, ctx)
+    for step in range(num_steps):
+        state = model.core_step(state, e, ctx, step)
+    return model.predict(state, ctx, last_only=True)
 
 
-def compiled_block_call():
-    """The process-wide compiled graph function (compiled lazily, on first use)."""
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(_blocks_call, fullgraph=True)
-    return _compiled
+_compiled: dict[str, object] = {}
+
+
+def compiled_graph(name: str):
+    """The process-wide compiled function `name` ("blocks" or "token"), compiled lazily on first use."""
+    if name not in _compiled:
+        _compiled[name] = torch.compile({"blocks": _blocks_call, "token": _token_call}[name], fullgraph=True)
+    return _compiled[name]
 
 
 def can_compile(cache, seq_len: int, freezes_rows: bool) -> bool:
@@ -66,36 +94,56 @@ def can_compile(cache, seq_len: int, freezes_rows: bool) -> bool:
     return seq_len == 1 and not freezes_rows and cache.active_rows is None and cache.policy.lookup != "skip"
 
 
+def begin_token(cache, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Start a one-token forward in the cache; return its write column (1,) and the (B, capacity)
+    mask of keys it may attend to (filled columns that `attention_mask` marks real)."""
+    c = cache
+    c._begin(1)
+    cap, device = c.capacity, c.device
+    col = torch.tensor([c.length - 1], device=device)
+    valid = torch.arange(cap, device=device)[None, :] < c.length
+    if attention_mask is not None:
+        keep = torch.zeros(c.rows, cap, dtype=torch.bool, device=device)
+        keep[:, : c.length] = attention_mask.to(device=device, dtype=torch.bool)
+        valid = valid & keep
+    return col, valid.expand(c.rows, cap).contiguous()
+
+
+def slot_kv(cache, slot: int, col: Tensor, valid: Tensor) -> SlotKV:
+    """The storage of `slot`, recording a core step in the cache when the slot begins one."""
+    c = cache
+    i = c.storage_index(slot)
+    if c.P <= slot and (slot - c.P) % c.R == 0:
+        c._record_step((slot - c.P) // c.R + 1)
+    return SlotKV(c.k[i], c.v[i], col, valid)
+
+
+def decode_token(model, ids: Tensor, cache, num_steps: int, rope: Tensor, state: Tensor,
+                 attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(logits (B, V), latents (B, 1, d)) of one token at fixed depth through the token graph."""
+    c = cache
+    col, valid = begin_token(c, attention_mask)
+    front = c.P + num_steps * c.R
+    slots = [*range(front), *(-(i + 1) for i in range(c.C))]
+    kv = TokenKV([slot_kv(c, s, col, valid) for s in slots], front)
+    return compiled_graph("token")(model, ids, state, rope, kv, num_steps)
+
+
 class CompiledRunner:
-    """`AttentionContext.runner` for one single-token forward: resolves each block call's storage
-    slot, keeps the cache's bookkeeping, and runs the block through the compiled graph.
-    `attention_mask` (B, past + 1) marks real tokens in padded batches (None: all real)."""
+    """`AttentionContext.runner` for one single-token forward with exit checks between steps:
+    resolves each block call's storage slot, keeps the cache's bookkeeping, and runs the group
+    through its compiled graph. `attention_mask` (B, past + 1) marks real tokens in padded batches
+    (None: all real)."""
 
     def __init__(self, cache, attention_mask: Tensor | None) -> None:
         self.cache, self.attention_mask = cache, attention_mask
-        self.fn = compiled_block_call()  # looked up per forward, so tests can spy on it
+        self.fn = compiled_graph("blocks")  # looked up per forward, so tests can spy on it
         self.col = self.valid = None
 
-    def _begin(self) -> None:
-        c = self.cache
-        c._begin(1)
-        cap, device = c.capacity, c.device
-        self.col = torch.tensor([c.length - 1], device=device)
-        valid = torch.arange(cap, device=device)[None, :] < c.length
-        if self.attention_mask is not None:
-            keep = torch.zeros(c.rows, cap, dtype=torch.bool, device=device)
-            keep[:, : c.length] = self.attention_mask.to(device=device, dtype=torch.bool)
-            valid = valid & keep
-        self.valid = valid.expand(c.rows, cap).contiguous()
-
     def __call__(self, blocks: nn.ModuleList, x: Tensor, ctx: AttentionContext, slots: list[int]) -> Tensor:
-        c = self.cache
         kvs = []
         for slot in slots:
             if slot == 0:
-                self._begin()
-            i = c.storage_index(slot)
-            if c.P <= slot and (slot - c.P) % c.R == 0:
-                c._record_step((slot - c.P) // c.R + 1)
-            kvs.append(SlotKV(c.k[i], c.v[i], self.col, self.valid))
+                self.col, self.valid = begin_token(self.cache, self.attention_mask)
+            kvs.append(slot_kv(self.cache, slot, self.col, self.valid))
         return self.fn(blocks, x, ctx.rope, kvs)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from huginn.errors import HuginnError
-from huginn.infer.compiled import CompiledRunner, can_compile
+from huginn.infer.compiled import CompiledRunner, can_compile, decode_token
 from huginn.infer.exits import ExitCriterion
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
 from huginn.infer.sampling import Sampling, next_token
@@ -97,14 +97,21 @@ def run_tokens(
     """One forward of `ids` (B, S) through prelude, recurrence (fixed or adaptive) and coda, with the cache.
     `attention_mask` (B, past + S) is needed only when some rows are padded; `active` (B,) marks rows
     still generating (the others are frozen from the start). `compiled`: run a single-token forward
-    through `huginn.infer.compiled` where it can (no frozen rows, no `skip` lookup)."""
+    through `huginn.infer.compiled` where it can (no frozen rows, no `skip` lookup): at fixed depth
+    the whole token is one graph (its initial state is drawn first, from the same generator)."""
     B, S = ids.shape
+    crit, n = depth.criterion, depth.num_steps
     ctx = model.context(B, S, attention_mask, None, cache)
-    if compiled and can_compile(cache, S, freezes_rows=active is not None or (depth.criterion is not None and B > 1)):
+    if compiled and can_compile(cache, S, freezes_rows=active is not None or (crit is not None and B > 1)):
+        if crit is None and not all_logits:  # the whole token is one graph
+            d = model.model_config.n_embd
+            like = torch.empty(B, S, d, dtype=model.transformer.wte.weight.dtype, device=ids.device)
+            state = model.initialize_state(like, depth.init_scale, generator) if input_states is None else input_states.to(like.dtype)
+            logits, latents = decode_token(model, ids, cache, n, ctx.rope, state, attention_mask)
+            return TokenResult(logits, latents, torch.full((B,), n, dtype=torch.long, device=ids.device))
         ctx = replace(ctx, runner=CompiledRunner(cache, attention_mask))
     e = model.embed(ids, ctx)
     state = model.initialize_state(e, depth.init_scale, generator) if input_states is None else input_states.to(e.dtype)
-    crit, n = depth.criterion, depth.num_steps
     if crit is None or all_logits:  # (speculative verification runs at fixed depth)
         for step in range(n):
             state = model.core_step(state, e, ctx, step)

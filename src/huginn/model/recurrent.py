@@ -136,7 +136,8 @@ class RecurrentLM(nn.Module):
         return run_blocks(self.transformer.prelude, x, ctx, list(range(len(self.transformer.prelude))))
 
     def initialize_state(self, e: Tensor, init_scale: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Truncated-normal (+-3 sigma) noise with sigma = std * init_scale, times the embedding scale."""
+        """Truncated-normal (+-3 sigma) noise with sigma = std * init_scale, times the embedding scale,
+        shaped like `e` (only its shape, dtype and device are read)."""
         cfg = self.model_config
         scale = cfg.state_init_scale if init_scale is None else init_scale
         std = cfg.std * scale
