@@ -84,7 +84,10 @@ _compiled: dict[str, object] = {}
 def compiled_graph(name: str):
     """The process-wide compiled function `name` ("blocks" or "token"), compiled lazily on first use."""
     if name not in _compiled:
-        _compiled[name] = torch.compile({"blocks": _blocks_call, "token": _token_call}[name], fullgraph=True)
+        # cpp_wrapper: the graph's ~300 kernel and matmul calls per token are made from C++, not Python
+        # (measured +15% tokens/s at batch 1, +5-10% at batch 8, for ~10 s more compilation)
+        fn = {"blocks": _blocks_call, "token": _token_call}[name]
+        _compiled[name] = torch.compile(fn, fullgraph=True, options={"cpp_wrapper": True})
     return _compiled[name]
 
 
