@@ -113,12 +113,9 @@ def begin_token(cache, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
 
 
 def slot_kv(cache, slot: int, col: Tensor, valid: Tensor) -> SlotKV:
-    """The storage of `slot`, recording a core step in the cache when the slot begins one."""
-    c = cache
-    i = c.storage_index(slot)
-    if c.P <= slot and (slot - c.P) % c.R == 0:
-        c._record_step((slot - c.P) // c.R + 1)
-    return SlotKV(c.k[i], c.v[i], col, valid)
+    """The storage of `slot` (claimed in the cache, which records the step it begins)."""
+    i = cache.claim(slot)
+    return SlotKV(cache.k[i], cache.v[i], col, valid)
 
 
 def decode_token(model, ids: Tensor, cache, num_steps: int, rope: Tensor, state: Tensor,

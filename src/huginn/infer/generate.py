@@ -104,9 +104,12 @@ def run_tokens(
     ctx = model.context(B, S, attention_mask, None, cache)
     if compiled and can_compile(cache, S, freezes_rows=active is not None or (crit is not None and B > 1)):
         if crit is None and not all_logits:  # the whole token is one graph
-            d = model.model_config.n_embd
-            like = torch.empty(B, S, d, dtype=model.transformer.wte.weight.dtype, device=ids.device)
-            state = model.initialize_state(like, depth.init_scale, generator) if input_states is None else input_states.to(like.dtype)
+            dtype = model.transformer.wte.weight.dtype
+            if input_states is None:  # drawn before the graph, as eager draws it (after the prelude, which draws nothing)
+                like = torch.empty(B, S, model.model_config.n_embd, dtype=dtype, device=ids.device)
+                state = model.initialize_state(like, depth.init_scale, generator)
+            else:
+                state = input_states.to(dtype)
             logits, latents = decode_token(model, ids, cache, n, ctx.rope, state, attention_mask)
             return TokenResult(logits, latents, torch.full((B,), n, dtype=torch.long, device=ids.device))
         ctx = replace(ctx, runner=CompiledRunner(cache, attention_mask))
@@ -174,7 +177,7 @@ def generate(
     compile: bool = False,
 ) -> Generation:
     """Autoregressive generation: prefill, then one token at a time until every row stops.
-    `compile=True` decodes through compiled block graphs (`huginn.infer.compiled`)."""
+    `compile=True` decodes through compiled graphs (`huginn.infer.compiled`): one per token at fixed depth."""
     B, T = input_ids.shape
     check_length(model, T, stopping.max_new_tokens)
     if attention_mask is not None and bool(attention_mask.all()):

@@ -182,6 +182,14 @@ class HuginnStaticCache(Cache):
             self._grow_steps(core // self.R + 1)
         return self.P + self.policy.core_slot(core)
 
+    def claim(self, slot: int) -> int:
+        """The storage index of a block call's `slot`, recording a core step when the slot is the
+        first core layer of that step (every writer of the cache goes through here)."""
+        i = self.storage_index(slot)
+        if self.P <= slot and (slot - self.P) % self.R == 0:
+            self._record_step((slot - self.P) // self.R + 1)
+        return i
+
     @property
     def capacity(self) -> int:
         return self.k.shape[3]
@@ -191,7 +199,7 @@ class HuginnStaticCache(Cache):
         S = key.shape[2]
         if slot == 0:
             self._begin(S)
-        i = self.storage_index(slot)
+        i = self.claim(slot)
         start, end = self._start, self._start + S
         rows = self.active_rows
         if rows is None:
@@ -203,8 +211,6 @@ class HuginnStaticCache(Cache):
             self.v[i, :, :, start:end] = torch.where(keep, value, self.v[i, :, :, start:end])
         valid = None
         if self.P <= slot:
-            if (slot - self.P) % self.R == 0:
-                self._record_step((slot - self.P) // self.R + 1)
             if self.policy.lookup == "skip":
                 first = self._first_step_of(i)
                 if first >= self._min_finished_steps:
