@@ -77,3 +77,43 @@ def test_compiled_sampling_with_random_initial_state_equals_eager():
             outs.append(generate(model, ids, Depth(3), Stopping(8), Sampling(do_sample=True, temperature=1.0, top_k=20),
                                  generator=g, compile=comp).sequences)
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_single_query_attention_equals_sdpa(kv_heads):
+    """The written-out attention used inside decoding graphs, against the library kernel (GQA, masks)."""
+    import torch.nn.functional as F
+
+    from huginn.model.layers import single_query_attention
+
+    g = torch.Generator().manual_seed(kv_heads)
+    B, H, T, hd = 3, 4, 9, 16
+    q = torch.randn(B, H, 1, hd, generator=g)
+    k, v = torch.randn(B, kv_heads, T, hd, generator=g), torch.randn(B, kv_heads, T, hd, generator=g)
+    mask = torch.rand(B, 1, 1, T, generator=g) > 0.5
+    mask[..., -1] = True  # a row keeps its own key
+    for m in (mask, None):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=kv_heads != H)
+        torch.testing.assert_close(single_query_attention(q, k, v, m), want)
+
+
+def test_decode_layout_is_column_major_inside_and_restored_after_errors():
+    model = tiny_model(seed=5)
+    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
+    linear = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linear
+    with pytest.raises(RuntimeError, match="inside"):
+        with compiled.decode_layout(model):
+            for name, value in linear.items():
+                w = model.get_submodule(name).weight
+                assert w.stride() == (1, w.shape[0]) and torch.equal(w, value), name  # transposed storage, same values
+            raise RuntimeError("inside")
+    for n, p in model.named_parameters():
+        assert p.is_contiguous() and p.data_ptr() == before[n][0] and torch.equal(p, before[n][1]), n
+
+
+def test_compiled_generate_leaves_weights_as_they_were():
+    model = tiny_model(seed=6)
+    ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
+    both(model, torch.randint(1, 200, (1, 4)), Depth(2, init_scale=0.0), 3)
+    assert all(p.is_contiguous() and p.data_ptr() == ptrs[n] for n, p in model.named_parameters())

@@ -19,13 +19,14 @@ first real token. Non-goals: beam search, transformers' logits processors, specu
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from huginn.errors import HuginnError
-from huginn.infer.compiled import CompiledRunner, can_compile, decode_token
+from huginn.infer.compiled import CompiledRunner, can_compile, decode_layout, decode_token
 from huginn.infer.exits import ExitCriterion
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
 from huginn.infer.sampling import Sampling, next_token
@@ -186,11 +187,23 @@ def generate(
         cache = HuginnStaticCache.for_model(model, B, depth.num_steps, T + stopping.max_new_tokens, policy)
     seqs = input_ids
     mask = attention_mask
-    unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
-    all_steps: list[Tensor] = []
     if streamer is not None:
         streamer.put(input_ids.cpu())
     res = run_tokens(model, input_ids, cache, depth, mask, None, None, generator)
+    with decode_layout(model) if compile else nullcontext():
+        seqs, all_steps = _decode(model, res, seqs, mask, cache, depth, stopping, sampling, streamer, generator, compile)
+    if streamer is not None:
+        streamer.end()
+    cache.finish()
+    return Generation(seqs, torch.stack(all_steps, dim=1), cache)
+
+
+def _decode(model, res: TokenResult, seqs: Tensor, mask: Tensor | None, cache: HuginnStaticCache, depth: Depth,
+            stopping: Stopping, sampling: Sampling, streamer, generator, compile: bool) -> tuple[Tensor, list[Tensor]]:
+    """The token-by-token loop of `generate` from the prefill's result: (sequences, steps per token)."""
+    B = seqs.shape[0]
+    unfinished = torch.ones(B, dtype=torch.bool, device=seqs.device)
+    all_steps: list[Tensor] = []
     for i in range(stopping.max_new_tokens):
         all_steps.append(torch.where(unfinished, res.steps, 0))
         tok = next_token(res.logits, seqs, sampling, generator, mask.bool() if mask is not None else None)
@@ -206,10 +219,7 @@ def generate(
         states = res.latents if depth.continuous else None
         res = run_tokens(model, tok[:, None], cache, depth, mask, states, unfinished if depth.criterion and B > 1 else None,
                          generator, compiled=compile)
-    if streamer is not None:
-        streamer.end()
-    cache.finish()
-    return Generation(seqs, torch.stack(all_steps, dim=1), cache)
+    return seqs, all_steps
 
 
 def is_stop(tok: Tensor, seqs: Tensor, stopping: Stopping) -> Tensor:
