@@ -11,6 +11,9 @@ each is about 40 small operators whose dispatch costs more than the matrix-vecto
   coda are one compiled call each (`CompiledRunner`, the model's `AttentionContext.runner`). Blocks
   are instances of one class, so dynamo lifts their weights to graph inputs: one graph serves all
   core steps.
+Inside the graphs single-query attention is written out (`single_query_attention`) so inductor
+fuses it, and while `generate` decodes, linear weights are held column-major (`decode_layout`),
+the layout CPU matrix-vector products read fastest.
 A new batch size or cache capacity recompiles once; dynamo then treats it as dynamic. Inductor
 keeps compiled graphs on disk, so a later process starts faster.
 
