@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 
 import huginn  # noqa: F401
 from huginn import RavenConfig, RavenForCausalLM, named_shape
+from huginn.infer.compiled import decode_layout
 from huginn.infer.generate import Depth, Stopping, generate
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
 
@@ -79,10 +81,9 @@ def matvec_floor(model, column_major: bool = False) -> tuple[Timer, dict]:
     stored (row-major), or `column_major` as compiled decoding holds them (`decode_layout`)."""
     tr = model.transformer
     calls = [*tr.prelude, *[b for _ in range(STEPS) for b in tr.core_block], *tr.coda]
-    weights = [m.weight for b in calls for m in (b.attn.Wqkv, b.attn.proj, b.mlp.fc, b.mlp.proj)] + [model.lm_head.weight]
-    if column_major:
-        copies = {id(w): w.detach().t().contiguous().t() for w in weights}
-        weights = [copies[id(w)] for w in weights]
+    with decode_layout(model) if column_major else nullcontext():  # detached weights keep the layout after
+        weights = [m.weight.detach() for b in calls for m in (b.attn.Wqkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
+        weights.append(model.lm_head.weight.detach())
     xs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
 
     def once() -> tuple[float, float]:

@@ -87,6 +87,16 @@ def _token_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, nu
 _compiled: dict[str, object] = {}
 
 
+def compiled_graph(name: str):
+    """The process-wide compiled function `name` ("blocks" or "token"), compiled lazily on first use."""
+    if name not in _compiled:
+        # cpp_wrapper: the graph's ~300 kernel and matmul calls per token are made from C++, not Python
+        # (measured +15% tokens/s at batch 1, +5-10% at batch 8, for ~10 s more compilation)
+        fn = {"blocks": _blocks_call, "token": _token_call}[name]
+        _compiled[name] = torch.compile(fn, fullgraph=True, options={"cpp_wrapper": True})
+    return _compiled[name]
+
+
 @contextmanager
 def decode_layout(model: nn.Module) -> Iterator[None]:
     """For the duration, every linear weight of a CPU model is stored column-major (a transposed
@@ -98,8 +108,10 @@ def decode_layout(model: nn.Module) -> Iterator[None]:
     seen: set[int] = set()
     try:
         for m in model.modules():
-            w = getattr(m, "weight", None)
-            if not isinstance(m, nn.Linear) or w.device.type != "cpu" or id(w) in seen or not w.is_contiguous():
+            if not isinstance(m, nn.Linear):
+                continue
+            w = m.weight
+            if w.device.type != "cpu" or id(w) in seen or not w.is_contiguous():  # seen: a tied weight once
                 continue
             seen.add(id(w))
             original = w.data
@@ -109,16 +121,6 @@ def decode_layout(model: nn.Module) -> Iterator[None]:
     finally:
         for w, original in swapped:
             w.data = original
-
-
-def compiled_graph(name: str):
-    """The process-wide compiled function `name` ("blocks" or "token"), compiled lazily on first use."""
-    if name not in _compiled:
-        # cpp_wrapper: the graph's ~300 kernel and matmul calls per token are made from C++, not Python
-        # (measured +15% tokens/s at batch 1, +5-10% at batch 8, for ~10 s more compilation)
-        fn = {"blocks": _blocks_call, "token": _token_call}[name]
-        _compiled[name] = torch.compile(fn, fullgraph=True, options={"cpp_wrapper": True})
-    return _compiled[name]
 
 
 def can_compile(cache, seq_len: int, freezes_rows: bool) -> bool:
