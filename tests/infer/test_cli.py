@@ -53,7 +53,7 @@ def test_generate_prints_the_greedy_continuation(fixture_dir, tokenizer_dir, ref
     prompt = "The raven"
     ids = torch.tensor([tok(prompt)["input_ids"]])
     want = reference_model.generate(ids, max_new_tokens=8, num_steps=4, init_scale=0.0)
-    for extra in ([], ["--compile"]):
+    for extra in ([], ["--compile"], ["--freeze"]):
         res = _run(["generate", str(fixture_dir), prompt, "--tokenizer", str(tokenizer_dir), "--num-steps", "4",
                     "--max-new-tokens", "8", "--init-scale", "0", *extra])
         assert res.exit_code == 0, res.output

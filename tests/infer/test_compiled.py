@@ -117,3 +117,51 @@ def test_compiled_generate_leaves_weights_as_they_were():
     ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
     both(model, torch.randint(1, 200, (1, 4)), Depth(2, init_scale=0.0), 3)
     assert all(p.is_contiguous() and p.data_ptr() == ptrs[n] for n, p in model.named_parameters())
+
+
+def frozen_tokens(model, ids, depth, new):
+    """Eager and frozen-graph generations (asserting the frozen graph ran once per decoded token)."""
+    calls = []
+    real = compiled.FrozenGraph.__call__
+
+    def spy(self, *args):
+        calls.append(1)
+        return real(self, *args)
+
+    with torch.no_grad():
+        eager = generate(model, ids, depth, Stopping(new)).sequences
+        compiled.FrozenGraph.__call__ = spy
+        try:
+            frozen = generate(model, ids, depth, Stopping(new), compile="frozen").sequences
+        finally:
+            compiled.FrozenGraph.__call__ = real
+    assert len(calls) == new - 1
+    return eager, frozen
+
+
+def test_frozen_decode_equals_eager_and_follows_weight_changes():
+    """`compile="frozen"` compiles the weights in as constants; dynamo guards them by identity
+    only, so a weight changed in place must make the next `generate` build the graph anew (a stale
+    graph would keep generating the old model's tokens)."""
+    model = tiny_model(seed=6)
+    ids = torch.randint(1, 200, (2, 5))
+    depth = Depth(3, init_scale=0.0)
+    eager, frozen = frozen_tokens(model, ids, depth, 6)
+    assert torch.equal(eager, frozen)
+    first = compiled._frozen[model]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5)  # in place: same Parameter objects, new values
+    eager2, frozen2 = frozen_tokens(model, ids, depth, 6)
+    assert not torch.equal(eager2, eager)  # the change matters, so a stale graph would be caught
+    assert torch.equal(eager2, frozen2)
+    assert compiled._frozen[model] is not first
+    _, again = frozen_tokens(model, ids, depth, 6)  # unchanged weights: the same graph is reused
+    assert compiled._frozen[model].key == compiled.weights_key(model) and torch.equal(again, eager2)
+
+
+def test_unknown_compile_mode_is_a_clear_error():
+    from huginn.errors import HuginnError
+
+    with pytest.raises(HuginnError, match="use False, True or 'frozen'"):
+        generate(tiny_model(seed=6), torch.ones(1, 3, dtype=torch.long), Depth(2), Stopping(2), compile="fast")

@@ -31,6 +31,9 @@ prefill (one call per prompt, already matmul-bound); training (`train.compile` c
 
 from __future__ import annotations
 
+import logging
+import types
+import weakref
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -38,6 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from huginn.model.layers import AttentionContext
+
+log = logging.getLogger(__name__)
 
 
 class SlotKV:
@@ -97,6 +102,52 @@ def compiled_graph(name: str):
     return _compiled[name]
 
 
+def _frozen_token_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, num_steps: int) -> tuple[Tensor, Tensor]:
+    return _token_call(model, ids, state, rope, kv, num_steps)  # its own code object: its own dynamo cache
+
+
+# Inductor settings while a frozen graph is traced and run: the weights become constants, which
+# inductor prepacks for its own GEMM kernels (AMX tiles for bf16 where the CPU has them).
+FROZEN = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+
+
+class FrozenGraph:
+    """The token graph with one model's weights compiled in as constants (`compile="frozen"`).
+
+    Dynamo guards a frozen graph on the identity of each parameter, not on its values, so a weight
+    changed in place (an optimizer step, `load_state_dict`, `p.mul_`) would silently keep its old
+    value in the graph. `weights_key` (every parameter's storage and version counter) is taken when
+    the graph is built and checked before every `generate`; on a change the graph is built anew."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.key = weights_key(model)
+        fn = types.FunctionType(_frozen_token_call.__code__.replace(), _frozen_token_call.__globals__, "frozen_token")
+        self.fn = torch.compile(fn, fullgraph=True, options={"cpp_wrapper": True})
+
+    def __call__(self, *args) -> tuple[Tensor, Tensor]:
+        # dynamo reads `freezing` while it traces: set for the call only, so other graphs stay unfrozen
+        with torch._inductor.config.patch(FROZEN):
+            return self.fn(*args)
+
+
+def weights_key(model: nn.Module) -> tuple:
+    """What changes when any parameter or buffer changes: its storage, dtype or version counter."""
+    return tuple((t.data_ptr(), t.dtype, t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+_frozen: "weakref.WeakKeyDictionary[nn.Module, FrozenGraph]" = weakref.WeakKeyDictionary()
+
+
+def frozen_graph(model: nn.Module) -> FrozenGraph:
+    """`model`'s frozen token graph, built anew when its weights changed since the last one."""
+    graph = _frozen.get(model)
+    if graph is None or graph.key != weights_key(model):
+        if graph is not None:
+            log.warning("the model's weights changed since its frozen decoding graph was built: compiling it again")
+        graph = _frozen[model] = FrozenGraph(model)
+    return graph
+
+
 @contextmanager
 def decode_layout(model: nn.Module) -> Iterator[None]:
     """For the duration, every linear weight of a CPU model is stored column-major (a transposed
@@ -151,14 +202,15 @@ def slot_kv(cache, slot: int, col: Tensor, valid: Tensor) -> SlotKV:
 
 
 def decode_token(model, ids: Tensor, cache, num_steps: int, rope: Tensor, state: Tensor,
-                 attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(logits (B, V), latents (B, 1, d)) of one token at fixed depth through the token graph."""
+                 attention_mask: Tensor | None, graph=None) -> tuple[Tensor, Tensor]:
+    """(logits (B, V), latents (B, 1, d)) of one token at fixed depth through the token graph
+    (`graph`: a `FrozenGraph` instead of the shared one)."""
     c = cache
     col, valid = begin_token(c, attention_mask)
     front = c.P + num_steps * c.R
     slots = [*range(front), *(-(i + 1) for i in range(c.C))]
     kv = TokenKV([slot_kv(c, s, col, valid) for s in slots], front)
-    return compiled_graph("token")(model, ids, state, rope, kv, num_steps)
+    return (graph or compiled_graph("token"))(model, ids, state, rope, kv, num_steps)
 
 
 class CompiledRunner:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from huginn.errors import HuginnError
-from huginn.infer.compiled import CompiledRunner, can_compile, decode_layout, decode_token
+from huginn.infer.compiled import CompiledRunner, can_compile, decode_layout, decode_token, frozen_graph
 from huginn.infer.exits import ExitCriterion
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
 from huginn.infer.sampling import Sampling, next_token
@@ -94,12 +94,14 @@ def run_tokens(
     generator: torch.Generator | None = None,
     all_logits: bool = False,
     compiled: bool = False,
+    graph=None,
 ) -> TokenResult:
     """One forward of `ids` (B, S) through prelude, recurrence (fixed or adaptive) and coda, with the cache.
     `attention_mask` (B, past + S) is needed only when some rows are padded; `active` (B,) marks rows
     still generating (the others are frozen from the start). `compiled`: run a single-token forward
     through `huginn.infer.compiled` where it can (no frozen rows, no `skip` lookup): at fixed depth
-    the whole token is one graph (its initial state is drawn first, from the same generator)."""
+    the whole token is one graph (its initial state is drawn first, from the same generator), or
+    `graph` (a `FrozenGraph`) where given."""
     B, S = ids.shape
     crit, n = depth.criterion, depth.num_steps
     ctx = model.context(B, S, attention_mask, None, cache)
@@ -111,7 +113,7 @@ def run_tokens(
                 state = model.initialize_state(like, depth.init_scale, generator)
             else:
                 state = input_states.to(dtype)
-            logits, latents = decode_token(model, ids, cache, n, ctx.rope, state, attention_mask)
+            logits, latents = decode_token(model, ids, cache, n, ctx.rope, state, attention_mask, graph)
             return TokenResult(logits, latents, torch.full((B,), n, dtype=torch.long, device=ids.device))
         ctx = replace(ctx, runner=CompiledRunner(cache, attention_mask))
     e = model.embed(ids, ctx)
@@ -175,10 +177,14 @@ def generate(
     cache: HuginnStaticCache | None = None,
     streamer=None,
     generator: torch.Generator | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> Generation:
     """Autoregressive generation: prefill, then one token at a time until every row stops.
-    `compile=True` decodes through compiled graphs (`huginn.infer.compiled`): one per token at fixed depth."""
+    `compile=True` decodes through compiled graphs (`huginn.infer.compiled`): one per token at fixed
+    depth; `compile="frozen"` compiles the model's weights into the fixed-depth graph as constants
+    (`FrozenGraph`: fastest for bf16 on CPUs with AMX; rebuilt when the weights change)."""
+    if compile not in (False, True, "frozen"):
+        raise HuginnError(f"compile={compile!r} is not a decoding mode; use False, True or 'frozen'")
     B, T = input_ids.shape
     check_length(model, T, stopping.max_new_tokens)
     if attention_mask is not None and bool(attention_mask.all()):
@@ -190,8 +196,11 @@ def generate(
     if streamer is not None:
         streamer.put(input_ids.cpu())
     res = run_tokens(model, input_ids, cache, depth, mask, None, None, generator)
-    with decode_layout(model) if compile else nullcontext():
-        seqs, all_steps = _decode(model, res, seqs, mask, cache, depth, stopping, sampling, streamer, generator, compile)
+    graph = frozen_graph(model) if compile == "frozen" else None
+    # a frozen graph holds its own packed weights, so the column-major layout is for `compile=True` only
+    with decode_layout(model) if compile is True else nullcontext():
+        seqs, all_steps = _decode(model, res, seqs, mask, cache, depth, stopping, sampling, streamer, generator,
+                                  bool(compile), graph)
     if streamer is not None:
         streamer.end()
     cache.finish()
@@ -199,7 +208,8 @@ def generate(
 
 
 def _decode(model, res: TokenResult, seqs: Tensor, mask: Tensor | None, cache: HuginnStaticCache, depth: Depth,
-            stopping: Stopping, sampling: Sampling, streamer, generator, compile: bool) -> tuple[Tensor, list[Tensor]]:
+            stopping: Stopping, sampling: Sampling, streamer, generator, compile: bool,
+            graph=None) -> tuple[Tensor, list[Tensor]]:
     """The token-by-token loop of `generate` from the prefill's result: (sequences, steps per token)."""
     B = seqs.shape[0]
     unfinished = torch.ones(B, dtype=torch.bool, device=seqs.device)
@@ -218,7 +228,7 @@ def _decode(model, res: TokenResult, seqs: Tensor, mask: Tensor | None, cache: H
             break
         states = res.latents if depth.continuous else None
         res = run_tokens(model, tok[:, None], cache, depth, mask, states, unfinished if depth.criterion and B > 1 else None,
-                         generator, compiled=compile)
+                         generator, compiled=compile, graph=graph)
     return seqs, all_steps
 
 

@@ -5,7 +5,8 @@ Accepted besides a `GenerationConfig` and its fields: `num_steps`, `init_scale`,
 `exit_threshold`, `exit_evaluator`, `min_steps`, `check_criterion_every_n_steps`,
 `continuous_compute`, `cache_lookup_strategy` / `cache_kwargs={"lookup_strategy": ...}`,
 `draft_steps`, `lookahead_for_draft`, `verification_threshold`, `attention_mask`, `streamer`,
-`tokenizer` (for `stop_strings`), `generator`, `compile` (compiled decoding, `huginn.infer.compiled`).
+`tokenizer` (for `stop_strings`), `generator`, `compile` (compiled decoding, `huginn.infer.compiled`:
+True, or "frozen" with the weights compiled in).
 Unknown keywords are an error, named.
 Non-goals: beam search and transformers' logits processors (use plain transformers models for those).
 """
@@ -116,7 +117,7 @@ def model_generate(model, input_ids: Tensor | None = None, generation_config: Ge
         )
     else:
         result = generate(model, input_ids, depth, stopping, sampling, attention_mask, policy,
-                          streamer=ours.get("streamer"), generator=generator, compile=bool(ours.get("compile", False)))
+                          streamer=ours.get("streamer"), generator=generator, compile=ours.get("compile", False))
     if gc.return_dict_in_generate:
         return HuginnGenerateOutput(
             sequences=result.sequences,
