@@ -37,7 +37,7 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def ours(model, B: int, prompt: int, new: int, policy=None, compile: bool = False) -> tuple[Timer, dict]:
+def ours(model, B: int, prompt: int, new: int, policy=None, compile: bool | str = False) -> tuple[Timer, dict]:
     """A timer for our generation, after a warm-up (which compiles, for this cache capacity)."""
     ids = torch.randint(0, 4096, (B, prompt))
     depth = Depth(STEPS, init_scale=0.0)
@@ -140,11 +140,13 @@ def main() -> None:
 
     bf = model.to(torch.bfloat16)
     for B in (1, 8):
-        r = rounds({"ours": ours(bf, B, PROMPT, new), "llama": llama(B, PROMPT, new, torch.bfloat16)}, R)
-        o, ll = r["ours"], r["llama"]
-        print(f"bf16 batch {B}: eager decode {o['decode_tok_s']:7.1f} tok/s (x{o['decode_tok_s'] / ll['decode_tok_s']:.2f} llama-36 "
-              f"{ll['decode_tok_s']:.1f})  prefill {o['prefill_tok_s']:.1f} (x{o['prefill_tok_s'] / ll['prefill_tok_s']:.2f})  "
-              f"KV {o['kv_bytes'] / 2**20:.2f} MiB", flush=True)
+        r = rounds({"frozen": ours(bf, B, PROMPT, new, compile="frozen"), "compiled": ours(bf, B, PROMPT, new, compile=True),
+                    "eager": ours(bf, B, PROMPT, new), "llama": llama(B, PROMPT, new, torch.bfloat16)}, R)
+        fr, comp, o, ll = (r[k]["decode_tok_s"] for k in ("frozen", "compiled", "eager", "llama"))
+        print(f"bf16 batch {B}: frozen decode {fr:7.1f} tok/s (x{fr / ll:.2f} llama-36 {ll:.1f}; x{fr / comp:.2f} compiled "
+              f"{comp:.1f}; x{fr / o:.2f} eager {o:.1f}); first call incl. compilation {r['frozen']['warmup_s']:.1f} s", flush=True)
+        print(f"bf16 batch {B}: prefill {r['eager']['prefill_tok_s']:8.1f} tok/s (x{r['eager']['prefill_tok_s'] / r['llama']['prefill_tok_s']:.2f} "
+              f"llama-36)  KV {r['eager']['kv_bytes'] / 2**20:.2f} MiB", flush=True)
     model = bf.float()
 
     long_prompt = 1024 - new - 1

@@ -14,6 +14,8 @@ each is about 40 small operators whose dispatch costs more than the matrix-vecto
 Inside the graphs single-query attention is written out (`single_query_attention`) so inductor
 fuses it, and while `generate` decodes, linear weights are held column-major (`decode_layout`),
 the layout CPU matrix-vector products read fastest.
+`compile="frozen"` (`FrozenGraph`) compiles one model's weights into the fixed-depth graph as
+constants, which inductor prepacks for its own GEMM kernels (AMX for bf16): the fast path for bf16.
 A new batch size or cache capacity recompiles once; dynamo then treats it as dynamic. Inductor
 keeps compiled graphs on disk, so a later process starts faster.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import types
+import warnings
 import weakref
 from contextlib import contextmanager
 from typing import Iterator
@@ -108,7 +111,9 @@ def _frozen_token_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: Toke
 
 # Inductor settings while a frozen graph is traced and run: the weights become constants, which
 # inductor prepacks for its own GEMM kernels (AMX tiles for bf16 where the CPU has them).
-FROZEN = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# (Its autotuning tables are not printed: they would land in the middle of a CLI's output.)
+FROZEN = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+          "max_autotune_report_choices_stats": False, "autotune_num_choices_displayed": 0}
 
 
 class FrozenGraph:
@@ -126,7 +131,8 @@ class FrozenGraph:
 
     def __call__(self, *args) -> tuple[Tensor, Tensor]:
         # dynamo reads `freezing` while it traces: set for the call only, so other graphs stay unfrozen
-        with torch._inductor.config.patch(FROZEN):
+        with torch._inductor.config.patch(FROZEN), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "TypedStorage is deprecated")  # inside inductor's autotuner
             return self.fn(*args)
 
 
