@@ -20,9 +20,9 @@ A new batch size or cache capacity recompiles once; dynamo then treats it as dyn
 keeps compiled graphs on disk, so a later process starts faster.
 
 Attention gets views of its slot's preallocated keys/values, the write column as a tensor and the
-mask of filled columns instead of the cache object: the graph reads the whole capacity under that
-mask, so its shapes never change as the context grows, and none of the cache's Python bookkeeping
-is traced. That bookkeeping (begin a token, map slots to storage, record its steps) runs in Python
+mask of filled columns instead of the cache object: the graph reads the filled columns only, their
+number being a dynamic dimension (one graph serves every context length), and none of the cache's
+Python bookkeeping is traced. That bookkeeping (begin a token, map slots to storage, record its steps) runs in Python
 before the graph, exactly as the eager cache does it.
 
 Used by `generate(..., compile=True)` for single-token forwards when no row is frozen and the
@@ -57,7 +57,8 @@ class SlotKV:
     def update(self, key: Tensor, value: Tensor, slot: int) -> tuple[Tensor, Tensor, Tensor]:
         self.k.index_copy_(2, self.col, key)
         self.v.index_copy_(2, self.col, value)
-        return self.k, self.v, self.valid
+        n = self.valid.shape[1]  # the filled columns (a dynamic size: one graph serves every length)
+        return self.k.narrow(2, 0, n), self.v.narrow(2, 0, n), self.valid
 
     def get_seq_length(self) -> int:  # positions are resolved before the graph runs
         return 0
@@ -187,18 +188,20 @@ def can_compile(cache, seq_len: int, freezes_rows: bool) -> bool:
 
 
 def begin_token(cache, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Start a one-token forward in the cache; return its write column (1,) and the (B, capacity)
-    mask of keys it may attend to (filled columns that `attention_mask` marks real)."""
+    """Start a one-token forward in the cache; return its write column (1,) and the (B, length)
+    mask of the filled columns it may attend to (those `attention_mask` (B, length) marks real).
+    The mask's length is marked dynamic, so the graphs read only the filled part of the cache
+    without compiling anew as the context grows."""
     c = cache
     c._begin(1)
-    cap, device = c.capacity, c.device
-    col = torch.tensor([c.length - 1], device=device)
-    valid = torch.arange(cap, device=device)[None, :] < c.length
-    if attention_mask is not None:
-        keep = torch.zeros(c.rows, cap, dtype=torch.bool, device=device)
-        keep[:, : c.length] = attention_mask.to(device=device, dtype=torch.bool)
-        valid = valid & keep
-    return col, valid.expand(c.rows, cap).contiguous()
+    n, device = c.length, c.device
+    col = torch.tensor([n - 1], device=device)
+    if attention_mask is None:
+        valid = torch.ones(c.rows, n, dtype=torch.bool, device=device)
+    else:
+        valid = attention_mask[:, -n:].to(device=device, dtype=torch.bool).contiguous()
+    torch._dynamo.maybe_mark_dynamic(valid, 1)
+    return col, valid
 
 
 def slot_kv(cache, slot: int, col: Tensor, valid: Tensor) -> SlotKV:
