@@ -150,3 +150,20 @@ def test_parse_exit():
     assert make_criterion("none") is None
     with pytest.raises(HuginnError, match="reset"):
         make_criterion(42)  # type: ignore[arg-type]
+
+
+def test_generate_output_carries_the_cache_under_the_model_cards_name(caplog):
+    """`out.past_key_values` (the model card's name) is the generation's cache, without the
+    deprecation warning transformers gives for that name once its field is called `cache`."""
+    import logging
+
+    from huginn.infer.kv_cache import HuginnStaticCache
+    from tests.conftest import tiny_model
+
+    model = tiny_model(seed=2)
+    with caplog.at_level(logging.WARNING):
+        out = model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=3, num_steps=2,
+                             init_scale=0.0, return_dict_in_generate=True)
+        cache = out.past_key_values
+    assert isinstance(cache, HuginnStaticCache) and cache.length == 5
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]

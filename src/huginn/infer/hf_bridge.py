@@ -14,7 +14,7 @@ Non-goals: beam search and transformers' logits processors (use plain transforme
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -35,12 +35,22 @@ OUR_KWARGS = {
 }
 
 
+# transformers renamed the outputs' `past_key_values` field to `cache` within 5.x (the old name then
+# warns); the cache goes in whichever field the installed version has
+CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(GenerateDecoderOnlyOutput)} else "past_key_values"
+
+
 @dataclass
 class HuginnGenerateOutput(GenerateDecoderOnlyOutput):
     """transformers' decoder-only output plus `compute_steps` (B, new_tokens) and speculative stats."""
 
     compute_steps: Tensor | None = None
     acceptance_rate: float | None = None
+
+    if CACHE_FIELD == "cache":
+        @property
+        def past_key_values(self):  # the model card's name, without transformers' deprecation warning
+            return self.cache
 
 
 def model_generate(model, input_ids: Tensor | None = None, generation_config: GenerationConfig | None = None, **kwargs):
@@ -121,7 +131,7 @@ def model_generate(model, input_ids: Tensor | None = None, generation_config: Ge
     if gc.return_dict_in_generate:
         return HuginnGenerateOutput(
             sequences=result.sequences,
-            past_key_values=result.cache,
+            **{CACHE_FIELD: result.cache},
             compute_steps=result.compute_steps,
             acceptance_rate=result.extras.get("acceptance_rate"),
         )
