@@ -97,19 +97,37 @@ def test_single_query_attention_equals_sdpa(kv_heads):
         torch.testing.assert_close(single_query_attention(q, k, v, m), want)
 
 
-def test_decode_layout_is_column_major_inside_and_restored_after_errors():
-    model = tiny_model(seed=5)
-    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
-    linear = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    assert linear
-    with pytest.raises(RuntimeError, match="inside"):
-        with compiled.decode_layout(model):
-            for name, value in linear.items():
-                w = model.get_submodule(name).weight
-                assert w.stride() == (1, w.shape[0]) and torch.equal(w, value), name  # transposed storage, same values
-            raise RuntimeError("inside")
-    for n, p in model.named_parameters():
-        assert p.is_contiguous() and p.data_ptr() == before[n][0] and torch.equal(p, before[n][1]), n
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_layout_inside_and_restored_after_errors(dtype, monkeypatch):
+    """fp32 linears get a packed copy for huginn's kernel (where it could not be built: column-major
+    storage, as for every other dtype); everything is as before after the context, even on errors."""
+    from huginn.infer import packed_linear
+
+    for kernel in (True, False) if dtype == torch.float32 else (False,):
+        monkeypatch.setitem(packed_linear._state, "ok", kernel and packed_linear.available())
+        model = tiny_model(seed=5).to(dtype)
+        before = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
+        keys = set(model.state_dict())
+        linear = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        assert linear
+        with pytest.raises(RuntimeError, match="inside"):
+            with compiled.decode_layout(model):
+                assert set(model.state_dict()) == keys  # the packed copies are not part of the checkpoint
+                for name, value in linear.items():
+                    m = model.get_submodule(name)
+                    if kernel:
+                        assert m.weight.is_contiguous() and m.packed.shape[1:] == (m.in_features, 32), name
+                        x = torch.randn(3, m.in_features, dtype=dtype)
+                        torch.testing.assert_close(m(x), x @ value.t(), rtol=1e-5, atol=1e-5)
+                    else:
+                        w = m.weight  # transposed storage, same values
+                        assert w.stride() == (1, w.shape[0]) and torch.equal(w, value), name
+                raise RuntimeError("inside")
+        for n, p in model.named_parameters():
+            assert p.is_contiguous() and p.data_ptr() == before[n][0] and torch.equal(p, before[n][1]), n
+        for name in linear:
+            m = model.get_submodule(name)
+            assert "packed" not in m._buffers and "forward" not in m.__dict__, name
 
 
 def test_compiled_generate_leaves_weights_as_they_were():
