@@ -103,19 +103,15 @@ def llama(B: int, prompt: int, new: int, dtype) -> tuple[Timer, dict]:
     return once, {"tokens": (B * prompt, B * new)}
 
 
-def matvec_floor(model, column_major: bool = False) -> tuple[Timer, dict]:
+def matvec_floor(model) -> tuple[Timer, dict]:
     """Tokens/s if a batch-1 token cost only its BLAS matrix-vector products (`F.linear` on every
-    linear of the 36 block calls and the head, same thread count): the bound the issue judges by.
-    Weights as stored (row-major), or `column_major` as compiled decoding holds them where its own
-    kernel is not used. (huginn's packed kernel is faster than BLAS on these products, so compiled
-    decoding can come closer to this figure than the products' share of a token suggests.)"""
+    linear of the 36 block calls and the head, weights as stored, same thread count): the bound
+    the issue judges by. huginn's packed kernel is faster than BLAS on these products, so compiled
+    decoding comes closer to this figure than the products' share of a token would suggest."""
     tr = model.transformer
     calls = [*tr.prelude, *[b for _ in range(STEPS) for b in tr.core_block], *tr.coda]
     weights = [m.weight.detach() for b in calls for m in (b.attn.Wqkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
     weights.append(model.lm_head.weight.detach())
-    if column_major:
-        stored = {id(w): w.t().contiguous().t() for w in weights}  # a core weight once, as in a model
-        weights = [stored[id(w)] for w in weights]
     xs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
 
     def once() -> tuple[float, float]:
@@ -156,14 +152,12 @@ def main() -> None:
         c = {"compiled": ours(model, B, PROMPT, new, compile=True), "blas": blas(model, B, PROMPT, new),
              "eager": ours(model, B, PROMPT, new), "llama": llama(B, PROMPT, new, torch.float32)}
         if B == 1:
-            c["floor"], c["floor col"] = matvec_floor(model), matvec_floor(model, column_major=True)
+            c["floor"] = matvec_floor(model)
         r = rounds(c, R)
         comp, bl, eager, ll = (r[k]["decode_tok_s"] for k in ("compiled", "blas", "eager", "llama"))
         floor = ""
         if B == 1:
-            f_row, f_col = r["floor"]["decode_tok_s"], r["floor col"]["decode_tok_s"]
-            floor = (f", {100 * comp / f_row:.0f}% of the BLAS matvec floor {f_row:.1f} row-major "
-                     f"({100 * comp / f_col:.0f}% of {f_col:.1f} column-major)")
+            floor = f", {100 * comp / r['floor']['decode_tok_s']:.0f}% of the BLAS matvec floor {r['floor']['decode_tok_s']:.1f}"
         print(f"fp32 batch {B}: compiled decode {comp:7.1f} tok/s (x{comp / ll:.2f} llama-36 {ll:.1f}; x{comp / bl:.2f} "
               f"the same on BLAS {bl:.1f}; x{comp / eager:.2f} eager {eager:.1f}, which is x{eager / ll:.2f} llama{floor}); "
               f"first call incl. compilation {r['compiled']['warmup_s']:.1f} s", flush=True)

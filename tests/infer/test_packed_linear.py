@@ -69,3 +69,27 @@ def test_compiled_decoding_runs_the_kernel():
     per_token = 4 * (mc.n_layers_in_prelude + 3 * mc.n_layers_in_recurrent_block + mc.n_layers_in_coda) + 3 + 1
     assert calls == 3 * per_token  # 3 decoded tokens after the prefill's
     assert torch.equal(got, want)
+
+
+def test_without_a_compiler_decoding_falls_back_with_one_warning(tmp_path):
+    """No C++ compiler (and no build cached for this name): `available()` is False after one logged
+    warning line, no traceback, and `decode_layout` then stores weights column-major for BLAS."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import torch; from huginn.infer import packed_linear, compiled\n"
+            "from tests.conftest import tiny_model\n"
+            "print('available', packed_linear.available())\n"
+            "m = tiny_model()\n"
+            "with compiled.decode_layout(m):\n"
+            "    w = m.lm_head.weight\n"
+            "    print('column-major', w.stride() == (1, w.shape[0]), 'packed' in m.lm_head._buffers)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}", "CXX": str(tmp_path / "no-such-c++"),
+           "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "available False" in proc.stdout and "column-major True False" in proc.stdout
+    warning = [line for line in proc.stderr.splitlines() if "packed fp32 decoding kernel could not be built" in line]
+    assert len(warning) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
