@@ -93,3 +93,17 @@ def test_without_a_compiler_decoding_falls_back_with_one_warning(tmp_path):
     assert "available False" in proc.stdout and "column-major True False" in proc.stdout
     warning = [line for line in proc.stderr.splitlines() if "packed fp32 decoding kernel could not be built" in line]
     assert len(warning) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_generate_runs_without_gradients_even_where_they_are_enabled():
+    """`generate` decodes under no_grad itself: with gradients enabled around it, compiled decoding
+    neither traces a backward through the kernel (which has none) nor warns about one."""
+    import warnings
+
+    model = tiny_model(seed=9)
+    ids = torch.randint(1, 200, (1, 4))
+    with torch.enable_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = generate(model, ids, Depth(2, init_scale=0.0), Stopping(3), compile=True)
+    assert not [w for w in caught if "autograd kernel" in str(w.message)]
+    assert out.sequences.shape == (1, 7)

@@ -166,6 +166,7 @@ def run_tokens(
     return TokenResult(out_logits, out_latents, steps)
 
 
+@torch.no_grad()  # decoding never needs gradients (and huginn's decoding kernel has none)
 def generate(
     model,
     input_ids: Tensor,
