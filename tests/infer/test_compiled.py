@@ -117,8 +117,9 @@ def test_decode_layout_inside_and_restored_after_errors(dtype, monkeypatch):
                     m = model.get_submodule(name)
                     if kernel:
                         assert m.weight.is_contiguous() and m.packed.shape[1:] == (m.in_features, 32), name
-                        x = torch.randn(3, m.in_features, dtype=dtype)
-                        torch.testing.assert_close(m(x), x @ value.t(), rtol=1e-5, atol=1e-5)
+                        for rows in (3, packed_linear.MAX_ROWS + 1):  # the kernel, then F.linear
+                            x = torch.randn(rows, m.in_features, dtype=dtype)
+                            torch.testing.assert_close(m(x), x @ value.t(), rtol=1e-5, atol=1e-5)
                     else:
                         w = m.weight  # transposed storage, same values
                         assert w.stride() == (1, w.shape[0]) and torch.equal(w, value), name
