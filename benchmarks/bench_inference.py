@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import time
 import types
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 
@@ -50,8 +50,11 @@ def ours(model, B: int, prompt: int, new: int, policy=None, compile: bool | str 
 
     def once() -> tuple[float, float]:
         with torch.no_grad():
-            return (timed(lambda: generate(model, ids, depth, Stopping(1), **kw)),
-                    timed(lambda: generate(model, ids, depth, Stopping(new + 1), **kw)))
+            return (
+                timed(lambda: generate(model, ids, depth, Stopping(1), **kw)),
+                timed(lambda: generate(model, ids, depth, Stopping(new + 1), **kw)),
+            )
+
     return once, {"kv_bytes": cache.memory_bytes(), "warmup_s": warmup, "tokens": (B * prompt, B * new)}
 
 
@@ -59,8 +62,11 @@ def blas(model, B: int, prompt: int, new: int) -> tuple[Timer, dict]:
     """`ours(compile=True)` with the linears on BLAS (column-major weights) instead of huginn's
     packed kernel, as where the kernel cannot be built: its own copy of the token graph, so the two
     variants do not share (and recompile) one dynamo cache."""
-    own = torch.compile(types.FunctionType(compiled._token_call.__code__.replace(), compiled._token_call.__globals__,
-                                           "blas_token"), fullgraph=True, options={"cpp_wrapper": True})
+    own = torch.compile(
+        types.FunctionType(compiled._token_call.__code__.replace(), compiled._token_call.__globals__, "blas_token"),
+        fullgraph=True,
+        options={"cpp_wrapper": True},
+    )
 
     kernel, shared = packed_linear.available(), compiled.compiled_graph("token")
 
@@ -78,14 +84,22 @@ def blas(model, B: int, prompt: int, new: int) -> tuple[Timer, dict]:
     def timer() -> tuple[float, float]:
         with on_blas():
             return once()
+
     return timer, info
 
 
 def llama(B: int, prompt: int, new: int, dtype) -> tuple[Timer, dict]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=4,
-                      num_hidden_layers=2 + 4 * STEPS + 2, vocab_size=4096, max_position_embeddings=2048)
+    cfg = LlamaConfig(
+        hidden_size=256,
+        intermediate_size=768,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_hidden_layers=2 + 4 * STEPS + 2,
+        vocab_size=4096,
+        max_position_embeddings=2048,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(dtype).eval()
     ids = torch.randint(0, 4096, (B, prompt))
@@ -100,6 +114,7 @@ def llama(B: int, prompt: int, new: int, dtype) -> tuple[Timer, dict]:
     def once() -> tuple[float, float]:
         with torch.no_grad():
             return timed(lambda: gen(1)), timed(lambda: gen(new + 1))
+
     return once, {"tokens": (B * prompt, B * new)}
 
 
@@ -116,7 +131,10 @@ def matvec_floor(model) -> tuple[Timer, dict]:
 
     def once() -> tuple[float, float]:
         with torch.no_grad():
-            return 0.0, timed(lambda: [torch.nn.functional.linear(xs[w.shape[1]], w) for _ in range(8) for w in weights])
+            return 0.0, timed(
+                lambda: [torch.nn.functional.linear(xs[w.shape[1]], w) for _ in range(8) for w in weights]
+            )
+
     return once, {"tokens": (0, 8)}
 
 
@@ -149,8 +167,12 @@ def main() -> None:
     model = RavenForCausalLM(cfg).eval()
 
     for B in (1, 8):
-        c = {"compiled": ours(model, B, PROMPT, new, compile=True), "blas": blas(model, B, PROMPT, new),
-             "eager": ours(model, B, PROMPT, new), "llama": llama(B, PROMPT, new, torch.float32)}
+        c = {
+            "compiled": ours(model, B, PROMPT, new, compile=True),
+            "blas": blas(model, B, PROMPT, new),
+            "eager": ours(model, B, PROMPT, new),
+            "llama": llama(B, PROMPT, new, torch.float32),
+        }
         if B == 1:
             c["floor"] = matvec_floor(model)
         r = rounds(c, R)
@@ -158,38 +180,68 @@ def main() -> None:
         floor = ""
         if B == 1:
             floor = f", {100 * comp / r['floor']['decode_tok_s']:.0f}% of the BLAS matvec floor {r['floor']['decode_tok_s']:.1f}"
-        print(f"fp32 batch {B}: compiled decode {comp:7.1f} tok/s (x{comp / ll:.2f} llama-36 {ll:.1f}; x{comp / bl:.2f} "
-              f"the same on BLAS {bl:.1f}; x{comp / eager:.2f} eager {eager:.1f}, which is x{eager / ll:.2f} llama{floor}); "
-              f"first call incl. compilation {r['compiled']['warmup_s']:.1f} s", flush=True)
-        print(f"fp32 batch {B}: prefill {r['eager']['prefill_tok_s']:8.1f} tok/s (x{r['eager']['prefill_tok_s'] / r['llama']['prefill_tok_s']:.2f} "
-              f"llama-36 {r['llama']['prefill_tok_s']:.1f})  KV {r['eager']['kv_bytes'] / 2**20:.2f} MiB", flush=True)
+        print(
+            f"fp32 batch {B}: compiled decode {comp:7.1f} tok/s (x{comp / ll:.2f} llama-36 {ll:.1f}; x{comp / bl:.2f} "
+            f"the same on BLAS {bl:.1f}; x{comp / eager:.2f} eager {eager:.1f}, which is x{eager / ll:.2f} llama{floor}); "
+            f"first call incl. compilation {r['compiled']['warmup_s']:.1f} s",
+            flush=True,
+        )
+        print(
+            f"fp32 batch {B}: prefill {r['eager']['prefill_tok_s']:8.1f} tok/s (x{r['eager']['prefill_tok_s'] / r['llama']['prefill_tok_s']:.2f} "
+            f"llama-36 {r['llama']['prefill_tok_s']:.1f})  KV {r['eager']['kv_bytes'] / 2**20:.2f} MiB",
+            flush=True,
+        )
 
     bf = model.to(torch.bfloat16)
     for B in (1, 8):
-        r = rounds({"frozen": ours(bf, B, PROMPT, new, compile="frozen"), "compiled": ours(bf, B, PROMPT, new, compile=True),
-                    "eager": ours(bf, B, PROMPT, new), "llama": llama(B, PROMPT, new, torch.bfloat16)}, R)
+        r = rounds(
+            {
+                "frozen": ours(bf, B, PROMPT, new, compile="frozen"),
+                "compiled": ours(bf, B, PROMPT, new, compile=True),
+                "eager": ours(bf, B, PROMPT, new),
+                "llama": llama(B, PROMPT, new, torch.bfloat16),
+            },
+            R,
+        )
         fr, comp, o, ll = (r[k]["decode_tok_s"] for k in ("frozen", "compiled", "eager", "llama"))
-        print(f"bf16 batch {B}: frozen decode {fr:7.1f} tok/s (x{fr / ll:.2f} llama-36 {ll:.1f}; x{fr / comp:.2f} compiled "
-              f"{comp:.1f}; x{fr / o:.2f} eager {o:.1f}); first call incl. compilation {r['frozen']['warmup_s']:.1f} s", flush=True)
-        print(f"bf16 batch {B}: prefill {r['eager']['prefill_tok_s']:8.1f} tok/s (x{r['eager']['prefill_tok_s'] / r['llama']['prefill_tok_s']:.2f} "
-              f"llama-36)  KV {r['eager']['kv_bytes'] / 2**20:.2f} MiB", flush=True)
+        print(
+            f"bf16 batch {B}: frozen decode {fr:7.1f} tok/s (x{fr / ll:.2f} llama-36 {ll:.1f}; x{fr / comp:.2f} compiled "
+            f"{comp:.1f}; x{fr / o:.2f} eager {o:.1f}); first call incl. compilation {r['frozen']['warmup_s']:.1f} s",
+            flush=True,
+        )
+        print(
+            f"bf16 batch {B}: prefill {r['eager']['prefill_tok_s']:8.1f} tok/s (x{r['eager']['prefill_tok_s'] / r['llama']['prefill_tok_s']:.2f} "
+            f"llama-36)  KV {r['eager']['kv_bytes'] / 2**20:.2f} MiB",
+            flush=True,
+        )
     model = bf.float()
 
     long_prompt = 1024 - new - 1
-    r = rounds({"eager 64": ours(model, 1, PROMPT, new), "eager 1024": ours(model, 1, long_prompt, new),
-                "compiled 64": ours(model, 1, PROMPT, new, compile=True),
-                "compiled 1024": ours(model, 1, long_prompt, new, compile=True)}, max(1, R - 1))
+    r = rounds(
+        {
+            "eager 64": ours(model, 1, PROMPT, new),
+            "eager 1024": ours(model, 1, long_prompt, new),
+            "compiled 64": ours(model, 1, PROMPT, new, compile=True),
+            "compiled 1024": ours(model, 1, long_prompt, new, compile=True),
+        },
+        max(1, R - 1),
+    )
     for kind in ("eager", "compiled"):
-        s, l = r[f"{kind} 64"]["decode_tok_s"], r[f"{kind} 1024"]["decode_tok_s"]
-        print(f"fp32 batch 1 {kind} decode at ~1024 context: {l:.1f} tok/s = {100 * l / s:.0f}% of the speed at 64 ({s:.1f})", flush=True)
+        s, long = r[f"{kind} 64"]["decode_tok_s"], r[f"{kind} 1024"]["decode_tok_s"]
+        print(
+            f"fp32 batch 1 {kind} decode at ~1024 context: {long:.1f} tok/s = {100 * long / s:.0f}% of the speed at 64 ({s:.1f})",
+            flush=True,
+        )
 
     mc = model.model_config
     full = HuginnStaticCache.for_model(model, 1, 32, PROMPT + NEW, CachePolicy())
     s8 = HuginnStaticCache.for_model(model, 1, 32, PROMPT + NEW, CachePolicy.parse("compress-s8"))
-    print(f"core KV at 32 steps, {PROMPT + NEW} tokens: full {full.memory_bytes('core') / 2**20:.2f} MiB, compress-s8 "
-          f"{s8.memory_bytes('core') / 2**20:.2f} MiB ({full.memory_bytes('core') / s8.memory_bytes('core'):.0f}x smaller); "
-          f"whole cache {full.memory_bytes() / s8.memory_bytes():.1f}x smaller ({mc.n_layers_in_prelude}+{mc.n_layers_in_coda} "
-          "prelude/coda slots are not shared)")
+    print(
+        f"core KV at 32 steps, {PROMPT + NEW} tokens: full {full.memory_bytes('core') / 2**20:.2f} MiB, compress-s8 "
+        f"{s8.memory_bytes('core') / 2**20:.2f} MiB ({full.memory_bytes('core') / s8.memory_bytes('core'):.0f}x smaller); "
+        f"whole cache {full.memory_bytes() / s8.memory_bytes():.1f}x smaller ({mc.n_layers_in_prelude}+{mc.n_layers_in_coda} "
+        "prelude/coda slots are not shared)"
+    )
     r = rounds({"s8": ours(model, 1, PROMPT, new, CachePolicy.parse("compress-s8"), compile=True)}, 1)["s8"]
     print(f"compress-s8 compiled decode (8 steps): {r['decode_tok_s']:.1f} tok/s, KV {r['kv_bytes'] / 2**20:.2f} MiB")
 

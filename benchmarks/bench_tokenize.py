@@ -70,7 +70,7 @@ def main() -> None:
         inputs = []
         per = -(-len(texts) // args.files)
         for i in range(args.files):
-            chunk = texts[i * per:(i + 1) * per]
+            chunk = texts[i * per : (i + 1) * per]
             if chunk:
                 inputs.append(str(work / f"in{i}.parquet"))
                 pq.write_table(pa.table({"text": chunk}), inputs[-1], row_group_size=128)
@@ -86,29 +86,41 @@ def main() -> None:
             t0 = time.perf_counter()
             n_tok = 0
             for i in range(0, len(texts), 1024):
-                n_tok += sum(len(e) for e in tok.encode_batch_fast(texts[i:i + 1024], add_special_tokens=False))
+                n_tok += sum(len(e) for e in tok.encode_batch_fast(texts[i : i + 1024], add_special_tokens=False))
             raw.append((n_tok, time.perf_counter() - t0))
             out = work / f"out{r}"
             t0 = time.perf_counter()
-            m = tokenize_parquet(inputs, work / "tok", out, seq_len=args.seq_len, workers=args.workers,
-                                 unit_bytes=4 << 20)
+            m = tokenize_parquet(
+                inputs, work / "tok", out, seq_len=args.seq_len, workers=args.workers, unit_bytes=4 << 20
+            )
             e2e.append((m["tokens"], time.perf_counter() - t0))
             shutil.rmtree(out)
-            print(f"  repeat {r}: raw {raw[-1][0] / raw[-1][1] / 1e6:.3f} M tok/s, "
-                  f"e2e {e2e[-1][0] / e2e[-1][1] / 1e6:.3f} M tok/s", flush=True)
+            print(
+                f"  repeat {r}: raw {raw[-1][0] / raw[-1][1] / 1e6:.3f} M tok/s, "
+                f"e2e {e2e[-1][0] / e2e[-1][1] / 1e6:.3f} M tok/s",
+                flush=True,
+            )
         # best of repeats for both (least disturbed by other load)
         rt, rs = min(raw, key=lambda x: x[1])
         et, es = min(e2e, key=lambda x: x[1])
         fig = {
-            "corpus_mb": nbytes / 1e6, "documents": len(texts), "vocab_size": args.vocab_size, "workers": args.workers,
-            "cpus": os.cpu_count(), "seq_len": args.seq_len,
-            "raw_tokens_per_s": rt / rs, "raw_mb_per_s": nbytes / 1e6 / rs,
-            "e2e_tokens_per_s": et / es, "e2e_mb_per_s": nbytes / 1e6 / es,
+            "corpus_mb": nbytes / 1e6,
+            "documents": len(texts),
+            "vocab_size": args.vocab_size,
+            "workers": args.workers,
+            "cpus": os.cpu_count(),
+            "seq_len": args.seq_len,
+            "raw_tokens_per_s": rt / rs,
+            "raw_mb_per_s": nbytes / 1e6 / rs,
+            "e2e_tokens_per_s": et / es,
+            "e2e_mb_per_s": nbytes / 1e6 / es,
             "e2e_over_raw": (et / es) / (rt / rs),
             "note": "e2e tokens include one <|begin_text|> and one <|end_text|> per document",
         }
         print(f"raw batch-encode : {fig['raw_tokens_per_s'] / 1e6:7.3f} M tok/s  {fig['raw_mb_per_s']:6.2f} MB/s")
-        print(f"end-to-end (K={args.workers}) : {fig['e2e_tokens_per_s'] / 1e6:7.3f} M tok/s  {fig['e2e_mb_per_s']:6.2f} MB/s")
+        print(
+            f"end-to-end (K={args.workers}) : {fig['e2e_tokens_per_s'] / 1e6:7.3f} M tok/s  {fig['e2e_mb_per_s']:6.2f} MB/s"
+        )
         print(f"end-to-end / raw : {fig['e2e_over_raw']:.2f}  (target >= 0.70)")
         if args.json:
             Path(args.json).write_text(json.dumps(fig, indent=1))

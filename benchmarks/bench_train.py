@@ -97,9 +97,13 @@ def step_worker(precision: str, steps: int, warmup: int, threads: int, chunk: in
 
     flops = count_params(model).step_flops(4 * 256, 4, 4)  # 6 x tokens x params with grad + 2 x without
     return {
-        "precision": precision, "tokens_per_s": 4 * 256 / statistics.median(times),
-        "step_s": statistics.median(times), "peak_mib": mem.stop() / 2**20, "losses": losses,
-        "gflop_per_s": flops / statistics.median(times) / 1e9, "matmul_peak_gflop_per_s": matmul_peak(precision),
+        "precision": precision,
+        "tokens_per_s": 4 * 256 / statistics.median(times),
+        "step_s": statistics.median(times),
+        "peak_mib": mem.stop() / 2**20,
+        "losses": losses,
+        "gflop_per_s": flops / statistics.median(times) / 1e9,
+        "matmul_peak_gflop_per_s": matmul_peak(precision),
     }
 
 
@@ -161,29 +165,50 @@ def main() -> None:
             torch.set_num_threads(a.threads)
             print(json.dumps(loss_worker(int(rest[0]), a.tokens, a.vocab, a.dim)))
         return
-    common = [f"--steps={a.steps}", f"--warmup={a.warmup}", f"--threads={a.threads}", f"--chunk={a.chunk}",
-              f"--tokens={a.tokens}", f"--vocab={a.vocab}", f"--dim={a.dim}"]
+    common = [
+        f"--steps={a.steps}",
+        f"--warmup={a.warmup}",
+        f"--threads={a.threads}",
+        f"--chunk={a.chunk}",
+        f"--tokens={a.tokens}",
+        f"--vocab={a.vocab}",
+        f"--dim={a.dim}",
+    ]
     if a.loss:
         print(f"head + cross-entropy, {a.tokens} tokens x vocab {a.vocab}, d={a.dim}, forward + backward, CPU")
         print(f"{'chunk':>8} {'peak MiB':>10} {'seconds':>9} {'loss':>10}")
         for chunk in (0, 2048, 512):
             r = run_child([*common, "--child", "loss", str(chunk)])
-            print(f"{('plain' if chunk == 0 else chunk):>8} {r['peak_mib']:>10.0f} {r['seconds']:>9.2f} {r['loss']:>10.5f}")
+            print(
+                f"{('plain' if chunk == 0 else chunk):>8} {r['peak_mib']:>10.0f} {r['seconds']:>9.2f} {r['loss']:>10.5f}"
+            )
         return
-    print(f"train step: small shape (2+4+2, d=256, GLU 768, vocab 4096), 4 no-grad + 4 grad steps, batch 4x256, "
-          f"{a.threads} threads, median of {a.steps} steps after {a.warmup} warm-up")
+    print(
+        f"train step: small shape (2+4+2, d=256, GLU 768, vocab 4096), 4 no-grad + 4 grad steps, batch 4x256, "
+        f"{a.threads} threads, median of {a.steps} steps after {a.warmup} warm-up"
+    )
     rows = [run_child([*common, "--child", "step", p]) for p in ("fp32", "fp32-compiled", "bf16")]
-    print(f"{'variant':>14} {'tokens/s':>10} {'s/step':>8} {'peak MiB':>9} {'GFLOP/s':>8} {'matmul peak':>12} {'of peak':>8}")
+    print(
+        f"{'variant':>14} {'tokens/s':>10} {'s/step':>8} {'peak MiB':>9} {'GFLOP/s':>8} {'matmul peak':>12} {'of peak':>8}"
+    )
     for r in rows:
-        print(f"{r['precision']:>14} {r['tokens_per_s']:>10.0f} {r['step_s']:>8.3f} {r['peak_mib']:>9.0f} {r['gflop_per_s']:>8.1f} "
-              f"{r['matmul_peak_gflop_per_s']:>12.1f} {r['gflop_per_s'] / r['matmul_peak_gflop_per_s']:>8.0%}")
-    print("(the reference implementation reaches ~73% of the fp32 matmul peak on the issue's CPU: ~730 tok/s at ~160 GFLOP/s)")
-    print(f"compiled / eager fp32: {rows[1]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x; bf16 / fp32: "
-          f"{rows[2]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x")
+        print(
+            f"{r['precision']:>14} {r['tokens_per_s']:>10.0f} {r['step_s']:>8.3f} {r['peak_mib']:>9.0f} {r['gflop_per_s']:>8.1f} "
+            f"{r['matmul_peak_gflop_per_s']:>12.1f} {r['gflop_per_s'] / r['matmul_peak_gflop_per_s']:>8.0%}"
+        )
+    print(
+        "(the reference implementation reaches ~73% of the fp32 matmul peak on the issue's CPU: ~730 tok/s at ~160 GFLOP/s)"
+    )
+    print(
+        f"compiled / eager fp32: {rows[1]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x; bf16 / fp32: "
+        f"{rows[2]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x"
+    )
     for r in rows:  # the reference's tokens/s moved to this CPU in proportion to the fp32 matmul peak
         ref = 730 * rows[0]["matmul_peak_gflop_per_s"] / 160
-        print(f"  {r['precision']}: {r['tokens_per_s'] / 730:.2f}x the reference's ~730 tok/s; "
-              f"{r['tokens_per_s'] / ref:.2f}x the reference scaled to this CPU's fp32 peak ({ref:.0f} tok/s)")
+        print(
+            f"  {r['precision']}: {r['tokens_per_s'] / 730:.2f}x the reference's ~730 tok/s; "
+            f"{r['tokens_per_s'] / ref:.2f}x the reference scaled to this CPU's fp32 peak ({ref:.0f} tok/s)"
+        )
     print("loss per step (fp32 | fp32-compiled | bf16):")
     for i, (x, c, y) in enumerate(zip(*(r["losses"] for r in rows))):
         print(f"  {i:>3} {x:.4f} | {c:.4f} | {y:.4f}  (bf16 diff {abs(x - y) / x:.2%})")

@@ -31,10 +31,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from huginn.retrofit import convert, load_base, resolve_layer_map  # noqa: E402
-from huginn.train.optim import build_optimizer, lr_factor, set_lr  # noqa: E402
-from huginn.train.steps import DepthSampler  # noqa: E402
-from retrofit.smollm2 import smollm2_gguf  # noqa: E402
+from retrofit.smollm2 import smollm2_gguf
+
+from huginn.retrofit import convert, load_base, resolve_layer_map
+from huginn.train.optim import build_optimizer, lr_factor, set_lr
+from huginn.train.steps import DepthSampler
 
 
 def local_documents(max_docs: int = 4000) -> list[str]:
@@ -120,35 +121,55 @@ def main() -> None:
     t0 = time.perf_counter()
     base, tok = load_base(gguf)
     layer_map = resolve_layer_map(base.config.num_hidden_layers, shape=args.shape)
-    model = convert(base, layer_map, args.injection, mean_recurrence=args.mean_recurrence,
-                    mean_backprop_depth=args.backprop_depth)
+    model = convert(
+        base, layer_map, args.injection, mean_recurrence=args.mean_recurrence, mean_backprop_depth=args.backprop_depth
+    )
     del base
-    print(f"retrofitted {gguf.name}: {layer_map.describe()}, injection {args.injection} ({time.perf_counter() - t0:.0f}s)")
+    print(
+        f"retrofitted {gguf.name}: {layer_map.describe()}, injection {args.injection} ({time.perf_counter() - t0:.0f}s)"
+    )
 
     docs = local_documents()
     train_rows = rows_from([d for d in docs if not held_out(d)], tok, args.seq_len)
     val_rows = rows_from([d for d in docs if held_out(d)], tok, args.seq_len)[: args.val_rows]
     train_rows = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(0))]
     need = args.steps * args.batch
-    print(f"corpus: {len(docs)} local documents; {len(train_rows)} training rows of {args.seq_len + 1} tokens "
-          f"({need} used), {len(val_rows)} held-out rows")
+    print(
+        f"corpus: {len(docs)} local documents; {len(train_rows)} training rows of {args.seq_len + 1} tokens "
+        f"({need} used), {len(val_rows)} held-out rows"
+    )
     depths = [int(d) for d in args.eval_depths.split(",")]
 
     before = evaluate(model, val_rows, depths, args.batch)
     print("held-out loss before: " + ", ".join(f"num_steps={k}: {v:.3f}" for k, v in before.items()))
 
     optim_cfg = SimpleNamespace(
-        name=args.optimizer, lr=args.lr, betas=[0.9, 0.95], eps=1e-8, weight_decay=1e-4, no_wd_on_embeddings=True,
-        muon_lr=args.muon_lr, muon_weight_decay=1e-4, muon_momentum=0.95, muon_adjust_lr="match_rms_adamw",
+        name=args.optimizer,
+        lr=args.lr,
+        betas=[0.9, 0.95],
+        eps=1e-8,
+        weight_decay=1e-4,
+        no_wd_on_embeddings=True,
+        muon_lr=args.muon_lr,
+        muon_weight_decay=1e-4,
+        muon_momentum=0.95,
+        muon_adjust_lr="match_rms_adamw",
     )
     optimizer = build_optimizer(model, optim_cfg)
-    sampler = DepthSampler(args.mean_recurrence, args.backprop_depth, "poisson-lognormal", args.curriculum,
-                           args.curriculum_fraction, args.steps, seed=0)
+    sampler = DepthSampler(
+        args.mean_recurrence,
+        args.backprop_depth,
+        "poisson-lognormal",
+        args.curriculum,
+        args.curriculum_fraction,
+        args.steps,
+        seed=0,
+    )
     model.train()
     t1 = time.perf_counter()
     for step in range(args.steps):
         lr = set_lr(optimizer, lr_factor(step, args.steps, "wsd", 0.05, 0.3, 0.1))
-        x = train_rows[(step * args.batch) % len(train_rows):][: args.batch]
+        x = train_rows[(step * args.batch) % len(train_rows) :][: args.batch]
         n, k = sampler.sample(step)
         logits = model(x[:, :-1], num_steps=(n, k), generator=torch.Generator().manual_seed(step)).logits
         loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
@@ -158,18 +179,29 @@ def main() -> None:
         optimizer.zero_grad()
         if step % 10 == 0 or step == args.steps - 1:
             rate = (step + 1) / (time.perf_counter() - t1)
-            print(f"step {step:4d}  depth {n}+{k}  mean {sampler.mean_at(step)}  lr {lr:.2e}  loss {loss.item():.3f}  "
-                  f"({rate:.2f} steps/s, ETA {(args.steps - step - 1) / rate:.0f}s)", flush=True)
+            print(
+                f"step {step:4d}  depth {n}+{k}  mean {sampler.mean_at(step)}  lr {lr:.2e}  loss {loss.item():.3f}  "
+                f"({rate:.2f} steps/s, ETA {(args.steps - step - 1) / rate:.0f}s)",
+                flush=True,
+            )
     train_s = time.perf_counter() - t1
     after = evaluate(model, val_rows, depths, args.batch)
     print("held-out loss after:  " + ", ".join(f"num_steps={k}: {v:.3f}" for k, v in after.items()))
     print(f"trained {args.steps} steps x {args.batch} rows x {args.seq_len} tokens in {train_s:.0f}s")
     if args.json:
-        args.json.write_text(json.dumps({
-            "args": {k: str(v) for k, v in vars(args).items()}, "layer_map": layer_map.to_dict(),
-            "before": before, "after": after, "train_seconds": train_s,
-            "train_tokens": args.steps * args.batch * args.seq_len,
-        }, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "layer_map": layer_map.to_dict(),
+                    "before": before,
+                    "after": after,
+                    "train_seconds": train_s,
+                    "train_tokens": args.steps * args.batch * args.seq_len,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from huginn import __version__
-
 from tests.conftest import run_huginn as huginn
 
 
@@ -30,8 +29,11 @@ def test_info_checkpoint(fixture_dir):
 
 @pytest.mark.parametrize(
     "args,needle",
-    [(["info", "no/such/dir"], "not a checkpoint directory"), (["info", "tiny", "--steps", "0"], "--steps"),
-     (["nonsense"], "No such command")],
+    [
+        (["info", "no/such/dir"], "not a checkpoint directory"),
+        (["info", "tiny", "--steps", "0"], "--steps"),
+        (["nonsense"], "No such command"),
+    ],
 )
 def test_errors_are_one_line(args, needle):
     proc = huginn(*args, check=False)

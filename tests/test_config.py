@@ -17,8 +17,12 @@ def test_published_parameter_counts():
 
 @pytest.mark.parametrize(
     "shape,overrides",
-    [("tiny", {}), ("small", {}), ("tiny", {"n_kv_heads": 2, "qk_bias": False, "tie_embeddings": False}),
-     ("tiny", {"block_type": "postnorm", "qk_norm": True, "injection_type": "add"})],
+    [
+        ("tiny", {}),
+        ("small", {}),
+        ("tiny", {"n_kv_heads": 2, "qk_bias": False, "tie_embeddings": False}),
+        ("tiny", {"block_type": "postnorm", "qk_norm": True, "injection_type": "add"}),
+    ],
 )
 def test_counts_match_built_model(shape, overrides):
     cfg = named_shape(shape, **overrides)
@@ -28,10 +32,15 @@ def test_counts_match_built_model(shape, overrides):
 
 @pytest.mark.parametrize(
     "overrides,message",
-    [({"n_embd": 65}, "not divisible by n_heads"), ({"n_kv_heads": 3}, "not divisible by n_kv_heads"),
-     ({"mean_recurrence": 0}, "mean_recurrence"), ({"block_type": "fancy"}, "valid: sandwich"),
-     ({"injection_type": "gate"}, "valid: linear, add"), ({"n_layers_in_recurrent_block": 0}, "positive"),
-     ({"bogus": 1}, "unknown model config field")],
+    [
+        ({"n_embd": 65}, "not divisible by n_heads"),
+        ({"n_kv_heads": 3}, "not divisible by n_kv_heads"),
+        ({"mean_recurrence": 0}, "mean_recurrence"),
+        ({"block_type": "fancy"}, "valid: sandwich"),
+        ({"injection_type": "gate"}, "valid: linear, add"),
+        ({"n_layers_in_recurrent_block": 0}, "positive"),
+        ({"bogus": 1}, "unknown model config field"),
+    ],
 )
 def test_bad_shapes(overrides, message):
     with pytest.raises(HuginnError, match=message):

@@ -6,21 +6,21 @@ Auto classes, so `AutoModelForCausalLM.from_pretrained(dir)` needs no remote cod
 
 __version__ = "0.1.0"
 
-from huginn.config import ModelConfig, named_shape, SHAPES  # noqa: E402
-from huginn.errors import HuginnError  # noqa: E402
-from huginn.model.recurrent import RecurrentLM, RecurrentOutput  # noqa: E402
-from huginn.hf import RavenConfig, RavenForCausalLM, HuginnConfig, HuginnForCausalLM  # noqa: E402
+from huginn.config import SHAPES, ModelConfig, named_shape
+from huginn.errors import HuginnError
+from huginn.hf import HuginnConfig, HuginnForCausalLM, RavenConfig, RavenForCausalLM
+from huginn.model.recurrent import RecurrentLM, RecurrentOutput
 
 __all__ = [
-    "__version__",
-    "ModelConfig",
-    "named_shape",
     "SHAPES",
+    "HuginnConfig",
     "HuginnError",
-    "RecurrentLM",
-    "RecurrentOutput",
+    "HuginnForCausalLM",
+    "ModelConfig",
     "RavenConfig",
     "RavenForCausalLM",
-    "HuginnConfig",
-    "HuginnForCausalLM",
+    "RecurrentLM",
+    "RecurrentOutput",
+    "__version__",
+    "named_shape",
 ]

@@ -18,7 +18,9 @@ def read_checkpoint_config(path: str | Path) -> ModelConfig:
     path = Path(path)
     cfg_file = path / "config.json" if path.is_dir() else path
     if not cfg_file.exists():
-        raise HuginnError(f"{path} is not a checkpoint directory (no config.json) nor a named shape ({', '.join(SHAPES)})")
+        raise HuginnError(
+            f"{path} is not a checkpoint directory (no config.json) nor a named shape ({', '.join(SHAPES)})"
+        )
     try:
         raw = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

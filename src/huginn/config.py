@@ -67,7 +67,14 @@ class ModelConfig:
             object.__setattr__(self, "embed_scale", math.sqrt(self.n_embd))
         if self.init_std is None and self.n_embd > 0:
             object.__setattr__(self, "init_std", math.sqrt(2 / (5 * self.n_embd)))
-        for name in ("n_embd", "n_heads", "intermediate_size", "vocab_size", "block_size", "n_layers_in_recurrent_block"):
+        for name in (
+            "n_embd",
+            "n_heads",
+            "intermediate_size",
+            "vocab_size",
+            "block_size",
+            "n_layers_in_recurrent_block",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise HuginnError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("n_layers_in_prelude", "n_layers_in_coda", "mean_backprop_depth"):
@@ -122,16 +129,20 @@ class ModelConfig:
 
     @property
     def effective_expected_depth(self) -> int:
-        return self.n_layers_in_prelude + self.n_layers_in_coda + self.n_layers_in_recurrent_block * self.mean_recurrence
+        return (
+            self.n_layers_in_prelude + self.n_layers_in_coda + self.n_layers_in_recurrent_block * self.mean_recurrence
+        )
 
     @property
     def out_proj_std(self) -> float:
         return self.std / math.sqrt(2 * self.effective_expected_depth)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise HuginnError(f"unknown model config field(s) {sorted(unknown)}; valid: {', '.join(f.name for f in dataclasses.fields(self))}")
+            raise HuginnError(
+                f"unknown model config field(s) {sorted(unknown)}; valid: {', '.join(f.name for f in dataclasses.fields(self))}"
+            )
         # fields still at their derived default follow their base (a new width gets a new head_dim)
         derived = {
             "n_kv_heads": self.n_heads,
@@ -150,11 +161,13 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise HuginnError(f"unknown model config field(s) {sorted(unknown)}; valid: {', '.join(sorted(names - {'extra'}))}")
+            raise HuginnError(
+                f"unknown model config field(s) {sorted(unknown)}; valid: {', '.join(sorted(names - {'extra'}))}"
+            )
         return cls(**d)
 
 
@@ -164,25 +177,51 @@ SHAPES: dict[str, ModelConfig] = {
     "nebel-raven-3.5b": ModelConfig(),
     # the shape of the reference fixture: 2+4+2 layers, width 64
     "tiny": ModelConfig(
-        n_embd=64, n_heads=4, intermediate_size=128, vocab_size=256, padding_multiple=64, block_size=128,
-        mean_recurrence=4, mean_backprop_depth=2,
+        n_embd=64,
+        n_heads=4,
+        intermediate_size=128,
+        vocab_size=256,
+        padding_multiple=64,
+        block_size=128,
+        mean_recurrence=4,
+        mean_backprop_depth=2,
     ),
     # the built-in training default: half the tiny shape's layers (1+2+1), so twice the steps fit in
     # its CPU minutes (and depth has to come from the recurrence)
     "demo": ModelConfig(
-        n_embd=64, n_heads=4, intermediate_size=128, vocab_size=256, padding_multiple=64, block_size=128,
-        n_layers_in_prelude=1, n_layers_in_recurrent_block=2, n_layers_in_coda=1,
-        mean_recurrence=4, mean_backprop_depth=2,
+        n_embd=64,
+        n_heads=4,
+        intermediate_size=128,
+        vocab_size=256,
+        padding_multiple=64,
+        block_size=128,
+        n_layers_in_prelude=1,
+        n_layers_in_recurrent_block=2,
+        n_layers_in_coda=1,
+        mean_recurrence=4,
+        mean_backprop_depth=2,
     ),
     # the benchmark shape of the inference and training issues: 2+4+2 layers, width 256
     "small": ModelConfig(
-        n_embd=256, n_heads=4, intermediate_size=768, vocab_size=4096, padding_multiple=64, block_size=1024,
-        mean_recurrence=8, mean_backprop_depth=4,
+        n_embd=256,
+        n_heads=4,
+        intermediate_size=768,
+        vocab_size=4096,
+        padding_multiple=64,
+        block_size=1024,
+        mean_recurrence=8,
+        mean_backprop_depth=4,
     ),
     # a CPU-trainable model with a byte-sized vocabulary of a real tokenizer
     "base": ModelConfig(
-        n_embd=512, n_heads=8, intermediate_size=1536, vocab_size=32768, padding_multiple=256, block_size=2048,
-        mean_recurrence=16, mean_backprop_depth=4,
+        n_embd=512,
+        n_heads=8,
+        intermediate_size=1536,
+        vocab_size=32768,
+        padding_multiple=256,
+        block_size=2048,
+        mean_recurrence=16,
+        mean_backprop_depth=4,
     ),
 }
 

@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 
-def make_packed(d: Path, n_rows: int, row_len: int = 5, rows_per_file=(7, 13, 4, 16), rg_rows: int = 3, tag: int = 0) -> Path:
+def make_packed(
+    d: Path, n_rows: int, row_len: int = 5, rows_per_file=(7, 13, 4, 16), rg_rows: int = 3, tag: int = 0
+) -> Path:
     """A packed dataset whose row i is [tag*1e6 + i, i, i, ...]: every row identifiable."""
     from huginn.data.packing import rows_to_table
 
@@ -24,9 +26,19 @@ def make_packed(d: Path, n_rows: int, row_len: int = 5, rows_per_file=(7, 13, 4,
         files.append({"name": name, "rows": n, "tokens": int(rows.size), "source": d.name})
         start += n
         k += 1
-    manifest = {"format": "huginn-packed", "version": 1, "column": "input_ids", "seq_len": row_len - 1, "row_len": row_len,
-                "tokenizer": {"path": "-", "sha256": "synthetic", "vocab_size": 2_000_000, "bos": None, "eos": 0, "pad": -1},
-                "rows": n_rows, "tokens": n_rows * row_len, "documents": 0, "files": files, "sources": {}}
+    manifest = {
+        "format": "huginn-packed",
+        "version": 1,
+        "column": "input_ids",
+        "seq_len": row_len - 1,
+        "row_len": row_len,
+        "tokenizer": {"path": "-", "sha256": "synthetic", "vocab_size": 2_000_000, "bos": None, "eos": 0, "pad": -1},
+        "rows": n_rows,
+        "tokens": n_rows * row_len,
+        "documents": 0,
+        "files": files,
+        "sources": {},
+    }
     (d / "manifest.json").write_text(json.dumps(manifest))
     return d
 

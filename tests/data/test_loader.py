@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from packed_helpers import make_packed, row_ids
 
 from huginn.data.loader import PackedLoader
 from huginn.errors import HuginnError
-
-from packed_helpers import make_packed, row_ids
 
 N = 101  # rows; prime, so no batch geometry divides it
 
@@ -50,7 +49,9 @@ def test_ranks_cover_epoch_without_overlap(data, world, batch, shuffle):
     # looping: the stream covers every row once per epoch, across ranks, with no gap
     stream = {}
     for r in range(world):
-        for k, b in enumerate(take(PackedLoader(data, batch, rank=r, world_size=world, seed=7, shuffle=shuffle), 3 * N)):
+        for k, b in enumerate(
+            take(PackedLoader(data, batch, rank=r, world_size=world, seed=7, shuffle=shuffle), 3 * N)
+        ):
             for j, i in enumerate(row_ids(b)):
                 stream[(k * world + r) * batch + j] = i
     for e in range(2):
@@ -64,8 +65,12 @@ def test_workers_match_in_process_order(data):
     assert all(torch.equal(a, b) for a, b in zip(plain, with_workers))
     assert ld.state_dict()["next_batch"] == 40
     # workers of all ranks together: still disjoint and gap-free per epoch
-    rows = [i for r in range(2) for b in list(PackedLoader(data, 5, rank=r, world_size=2, num_workers=2, loop=False))
-            for i in row_ids(b)]
+    rows = [
+        i
+        for r in range(2)
+        for b in list(PackedLoader(data, 5, rank=r, world_size=2, num_workers=2, loop=False))
+        for i in row_ids(b)
+    ]
     assert len(rows) == len(set(rows)) == 100
 
 
@@ -128,7 +133,9 @@ def test_several_paths_and_bad_paths(data, tmp_path):
 def test_reads_tokenized_output(corpus, tokenizer_dir, tmp_path):
     from huginn.data.tokenize import tokenize_parquet
 
-    m = tokenize_parquet(corpus["files"][1:], tokenizer_dir, tmp_path / "p", seq_len=15, rows_per_file=30, row_group_rows=8)
+    m = tokenize_parquet(
+        corpus["files"][1:], tokenizer_dir, tmp_path / "p", seq_len=15, rows_per_file=30, row_group_rows=8
+    )
     ld = PackedLoader(tmp_path / "p", 4, loop=False, shuffle=False)
     rows = torch.cat(list(ld))
     assert ld.seq_len == 15 and ld.num_rows == m["rows"] and rows.shape == (m["rows"] // 4 * 4, 16)

@@ -8,12 +8,12 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from packed_helpers import make_packed
 
 from huginn.data.mixing import Source, load_mix_config, mix_sources, parse_source_spec
 from huginn.data.packing import table_to_rows
 from huginn.data.shuffle import shuffle_datasets
 from huginn.errors import HuginnError
-from packed_helpers import make_packed
 
 
 def all_rows(d) -> np.ndarray:
@@ -51,8 +51,13 @@ def test_shuffle_refuses_mixed_row_lengths(tmp_path):
 def test_mix_weights_and_split(tmp_path):
     a = make_packed(tmp_path / "a", 100)
     b = make_packed(tmp_path / "b", 80, tag=1)
-    res = mix_sources([Source("a", str(a), 2.0), Source("b", str(b), 0.5)], tmp_path / "mix", val_fraction=0.1, seed=1,
-                      rows_per_file=50)
+    res = mix_sources(
+        [Source("a", str(a), 2.0), Source("b", str(b), 0.5)],
+        tmp_path / "mix",
+        val_fraction=0.1,
+        seed=1,
+        rows_per_file=50,
+    )
     train = Counter(all_rows(tmp_path / "mix" / "train")[:, 0].tolist())
     val = Counter(all_rows(tmp_path / "mix" / "val")[:, 0].tolist())
     a_train = {i for i in train if i < 1_000_000}
@@ -65,14 +70,21 @@ def test_mix_weights_and_split(tmp_path):
     plan = json.loads((tmp_path / "mix" / "mix.json").read_text())
     assert [s["train_rows"] for s in plan["sources"]] == [180, 36]
     # same seed, same mix
-    mix_sources([Source("a", str(a), 2.0), Source("b", str(b), 0.5)], tmp_path / "mix2", val_fraction=0.1, seed=1,
-                rows_per_file=50)
+    mix_sources(
+        [Source("a", str(a), 2.0), Source("b", str(b), 0.5)],
+        tmp_path / "mix2",
+        val_fraction=0.1,
+        seed=1,
+        rows_per_file=50,
+    )
     assert (all_rows(tmp_path / "mix2" / "train") == all_rows(tmp_path / "mix" / "train")).all()
 
 
 def test_mix_config_and_specs(tmp_path):
     make_packed(tmp_path / "a", 10)
-    (tmp_path / "sources.yaml").write_text("sources:\n  wiki: {path: a, weight: 4, license: x}\nval_fraction: 0.2\nseed: 3\n")
+    (tmp_path / "sources.yaml").write_text(
+        "sources:\n  wiki: {path: a, weight: 4, license: x}\nval_fraction: 0.2\nseed: 3\n"
+    )
     cfg = load_mix_config(tmp_path / "sources.yaml")
     assert cfg["sources"] == [Source("wiki", str(tmp_path / "a"), 4.0)] and cfg["val_fraction"] == 0.2
     assert parse_source_spec("web=/d/x:1.5") == Source("web", "/d/x", 1.5)
@@ -88,8 +100,22 @@ def test_cli_mix_shuffle_stats(corpus, tokenizer_dir, tmp_path, capsys):
     from huginn.cli import main
     from huginn.data.stats import dataset_stats
 
-    main(["data", "tokenize", "--tokenizer", tokenizer_dir, "--input", corpus["files"][0], "--seq-len", "31",
-          "--out", str(tmp_path / "p"), "--rows-per-file", "64"])
+    main(
+        [
+            "data",
+            "tokenize",
+            "--tokenizer",
+            tokenizer_dir,
+            "--input",
+            corpus["files"][0],
+            "--seq-len",
+            "31",
+            "--out",
+            str(tmp_path / "p"),
+            "--rows-per-file",
+            "64",
+        ]
+    )
     main(["data", "shuffle", "--input", str(tmp_path / "p"), "--out", str(tmp_path / "s"), "--seed", "1"])
     main(["data", "mix", "--source", f"{tmp_path / 'p'}:1.5", "--out", str(tmp_path / "m"), "--val-fraction", "0.1"])
     capsys.readouterr()

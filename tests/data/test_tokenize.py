@@ -90,8 +90,8 @@ def test_resume_skips_finished_units(packed, corpus, tokenizer_dir, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         tk.tokenize_parquet(corpus["files"], tokenizer_dir, out, workers=1, **KW)
     assert not (out / "manifest.json").exists() and not (out / ".tmp").exists()
-    from huginn.errors import HuginnError
     from huginn.data.loader import PackedLoader
+    from huginn.errors import HuginnError
 
     with pytest.raises(HuginnError, match="unfinished tokenize job"):
         PackedLoader(out, 2)
@@ -112,6 +112,7 @@ def test_other_settings_refuse_to_resume(packed, corpus, tokenizer_dir):
 
 
 # ---------------------------------------------------------------- bad input through the CLI
+
 
 def run_cli(args, capsys) -> tuple[int, str]:
     from huginn.cli import main
@@ -136,29 +137,63 @@ def test_bad_input(case, corpus, tokenizer_dir, tmp_path, capsys):
         pq.write_table(pa.table({"text": [1, 2]}), bad)
     out = tmp_path / "out"
     inputs = [corpus["files"][1], str(bad)] if case != "empty" else [str(bad)]
-    args = ["data", "tokenize", "--tokenizer", tokenizer_dir, "--seq-len", "15", "--out", str(out), "--text-column", col]
+    args = [
+        "data",
+        "tokenize",
+        "--tokenizer",
+        tokenizer_dir,
+        "--seq-len",
+        "15",
+        "--out",
+        str(out),
+        "--text-column",
+        col,
+    ]
     for i in inputs:
         args += ["--input", i]
     code, err = run_cli(args, capsys)
     assert code != 0 and len(err.splitlines()) == 1 and err.startswith("huginn: error:")
-    expect = {"not_parquet": "not a readable parquet file", "missing_column": "no column 'content'; available columns: text",
-              "empty": "has no rows", "no_such_file": "does not exist", "not_text": "not text"}[case]
+    expect = {
+        "not_parquet": "not a readable parquet file",
+        "missing_column": "no column 'content'; available columns: text",
+        "empty": "has no rows",
+        "no_such_file": "does not exist",
+        "not_text": "not text",
+    }[case]
     assert expect in err
     assert not out.exists(), "bad input must leave no output behind"
 
 
 def test_bad_tokenizer_dir(corpus, tmp_path, capsys):
-    code, err = run_cli(["data", "tokenize", "--tokenizer", str(tmp_path), "--input", corpus["files"][0],
-                         "--out", str(tmp_path / "o")], capsys)
+    code, err = run_cli(
+        ["data", "tokenize", "--tokenizer", str(tmp_path), "--input", corpus["files"][0], "--out", str(tmp_path / "o")],
+        capsys,
+    )
     assert code == 2 and "no tokenizer.json" in err and not (tmp_path / "o").exists()
 
 
 def test_cli_train_tokenizer_and_tokenize(corpus, tmp_path, capsys):
     from huginn.cli import main
 
-    main(["data", "train-tokenizer", "--input", corpus["files"][1], "--vocab-size", "300", "--out", str(tmp_path / "t")])
-    main(["data", "tokenize", "--tokenizer", str(tmp_path / "t"), "--input", f"books={corpus['files'][1]}",
-          "--seq-len", "64", "--out", str(tmp_path / "p"), "--workers", "2"])
+    main(
+        ["data", "train-tokenizer", "--input", corpus["files"][1], "--vocab-size", "300", "--out", str(tmp_path / "t")]
+    )
+    main(
+        [
+            "data",
+            "tokenize",
+            "--tokenizer",
+            str(tmp_path / "t"),
+            "--input",
+            f"books={corpus['files'][1]}",
+            "--seq-len",
+            "64",
+            "--out",
+            str(tmp_path / "p"),
+            "--workers",
+            "2",
+        ]
+    )
     m = json.loads((tmp_path / "p" / "manifest.json").read_text())
     assert m["documents"] == 200 and list(m["sources"]) == ["books"] and m["tokenizer"]["vocab_size"] == 300
     assert not [p for p in os.listdir(tmp_path / "p") if p.endswith(".tmp")]
@@ -168,6 +203,8 @@ def test_single_machine_path_does_not_import_datatrove():
     import subprocess
     import sys
 
-    code = ("import sys, huginn.data.tokenize, huginn.data.loader, huginn.data.mixing, huginn.data.shuffle, huginn.cli.data; "
-            "sys.exit(any(m.split('.')[0] == 'datatrove' for m in sys.modules))")
+    code = (
+        "import sys, huginn.data.tokenize, huginn.data.loader, huginn.data.mixing, huginn.data.shuffle, huginn.cli.data; "
+        "sys.exit(any(m.split('.')[0] == 'datatrove' for m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2] / "src").returncode == 0

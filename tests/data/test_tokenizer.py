@@ -10,8 +10,10 @@ from huginn.errors import HuginnError
 
 def test_published_ids_in_full_vocabulary():
     ids = special_token_ids(65536)
-    assert [ids[t] for t in ("<|begin_text|>", "<|end_text|>", "<|begin_header|>", "<|end_header|>", "<|end_turn|>", "<|pad|>")] \
-        == list(range(65504, 65510))
+    assert [
+        ids[t]
+        for t in ("<|begin_text|>", "<|end_text|>", "<|begin_header|>", "<|end_header|>", "<|end_turn|>", "<|pad|>")
+    ] == list(range(65504, 65510))
     assert max(ids.values()) == 65535 and len(set(ids.values())) == len(SPECIAL_TOKENS)
 
 
@@ -42,7 +44,8 @@ def test_chat_template(tokenizer_dir):
     msgs = [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "hello"}]
     assert tok.apply_chat_template(msgs, tokenize=False) == (
         "<|begin_text|><|begin_header|>user<|end_header|>\n\nhi<|end_turn|>"
-        "<|begin_header|>Huginn<|end_header|>\n\nhello<|end_turn|><|end_text|>")
+        "<|begin_header|>Huginn<|end_header|>\n\nhello<|end_turn|><|end_text|>"
+    )
     prompt = tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|end_turn|><|begin_header|>Huginn<|end_header|>\n\n")
     assert "generation" in CHAT_TEMPLATE  # assistant-token masks for fine-tuning

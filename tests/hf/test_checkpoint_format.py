@@ -6,11 +6,10 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM
 
 import huginn  # noqa: F401
 from huginn import HuginnError, RavenConfig, RavenForCausalLM, RecurrentLM, named_shape
-from transformers import AutoConfig, AutoModelForCausalLM
-
 from tests.conftest import tiny_model
 
 
@@ -39,8 +38,13 @@ def test_save_writes_published_keys_and_fields(reference_model, fixture_dir, tmp
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"n_embd": 96, "n_heads": 6, "intermediate_size": 160}, {"n_layers_in_prelude": 1, "n_layers_in_coda": 3},
-     {"tie_embeddings": False}, {"injection_type": "add", "qk_bias": False}],
+    [
+        {},
+        {"n_embd": 96, "n_heads": 6, "intermediate_size": 160},
+        {"n_layers_in_prelude": 1, "n_layers_in_coda": 3},
+        {"tie_embeddings": False},
+        {"injection_type": "add", "qk_bias": False},
+    ],
 )
 def test_round_trip_any_shape(tmp_path, overrides):
     model = tiny_model(seed=3, **overrides)

@@ -39,7 +39,11 @@ CASES = [
     ("kl", lambda: Depth(12, make_criterion("kl", 1e-3), init_scale=0.0), "latest-m4"),
     ("latent-diff", lambda: Depth(12, make_criterion("latent-diff", 0.05), init_scale=0.0), "latest-m4"),
     ("cosine-skip", lambda: Depth(12, make_criterion("cosine", 2e-3), init_scale=0.0), "skip"),
-    ("argmax-s8", lambda: Depth(12, make_criterion("argmax-stability", 3), min_steps=1, check_every=2, init_scale=0.0), "latest-m4-compress-s8"),
+    (
+        "argmax-s8",
+        lambda: Depth(12, make_criterion("argmax-stability", 3), min_steps=1, check_every=2, init_scale=0.0),
+        "latest-m4-compress-s8",
+    ),
 ]
 
 

@@ -54,39 +54,147 @@ def test_generate_prints_the_greedy_continuation(fixture_dir, tokenizer_dir, ref
     ids = torch.tensor([tok(prompt)["input_ids"]])
     want = reference_model.generate(ids, max_new_tokens=8, num_steps=4, init_scale=0.0)
     for extra in ([], ["--compile"], ["--freeze"]):
-        res = _run(["generate", str(fixture_dir), prompt, "--tokenizer", str(tokenizer_dir), "--num-steps", "4",
-                    "--max-new-tokens", "8", "--init-scale", "0", *extra])
+        res = _run(
+            [
+                "generate",
+                str(fixture_dir),
+                prompt,
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--num-steps",
+                "4",
+                "--max-new-tokens",
+                "8",
+                "--init-scale",
+                "0",
+                *extra,
+            ]
+        )
         assert res.exit_code == 0, res.output
         assert res.stdout.rstrip("\n") == prompt + tok.decode(want[0, ids.shape[1] :])
         assert "core steps/token mean 4.0" in res.stderr
 
 
 def test_generate_stream_with_exit_and_cache(fixture_dir, tokenizer_dir):
-    res = _run(["generate", str(fixture_dir), "Hello", "--tokenizer", str(tokenizer_dir), "--num-steps", "16",
-                "--exit", "kl:1e-3", "--cache", "latest-m4-compress-s8", "--stream", "--max-new-tokens", "6",
-                "--init-scale", "0"])
+    res = _run(
+        [
+            "generate",
+            str(fixture_dir),
+            "Hello",
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--num-steps",
+            "16",
+            "--exit",
+            "kl:1e-3",
+            "--cache",
+            "latest-m4-compress-s8",
+            "--stream",
+            "--max-new-tokens",
+            "6",
+            "--init-scale",
+            "0",
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("Hello")
-    assert "core steps/token" in res.stderr and "max 16" in res.stderr or "min" in res.stderr
+    assert ("core steps/token" in res.stderr and "max 16" in res.stderr) or "min" in res.stderr
 
 
 def test_generate_speculative_and_sampling(fixture_dir, tokenizer_dir):
-    spec = _run(["generate", str(fixture_dir), "Hi", "--tokenizer", str(tokenizer_dir), "--num-steps", "4",
-                 "--draft-steps", "2", "--max-new-tokens", "6", "--init-scale", "0"])
-    greedy = _run(["generate", str(fixture_dir), "Hi", "--tokenizer", str(tokenizer_dir), "--num-steps", "4",
-                   "--max-new-tokens", "6", "--init-scale", "0"])
+    spec = _run(
+        [
+            "generate",
+            str(fixture_dir),
+            "Hi",
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--num-steps",
+            "4",
+            "--draft-steps",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--init-scale",
+            "0",
+        ]
+    )
+    greedy = _run(
+        [
+            "generate",
+            str(fixture_dir),
+            "Hi",
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--num-steps",
+            "4",
+            "--max-new-tokens",
+            "6",
+            "--init-scale",
+            "0",
+        ]
+    )
     assert spec.exit_code == 0 and spec.stdout == greedy.stdout and "draft acceptance" in spec.stderr
-    a = _run(["generate", str(fixture_dir), "Hi", "--tokenizer", str(tokenizer_dir), "--temperature", "0.9",
-              "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "5", "--num-steps", "2"])
-    b = _run(["generate", str(fixture_dir), "Hi", "--tokenizer", str(tokenizer_dir), "--temperature", "0.9",
-              "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "5", "--num-steps", "2"])
+    a = _run(
+        [
+            "generate",
+            str(fixture_dir),
+            "Hi",
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "3",
+            "--max-new-tokens",
+            "5",
+            "--num-steps",
+            "2",
+        ]
+    )
+    b = _run(
+        [
+            "generate",
+            str(fixture_dir),
+            "Hi",
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "3",
+            "--max-new-tokens",
+            "5",
+            "--num-steps",
+            "2",
+        ]
+    )
     assert a.exit_code == 0 and a.stdout == b.stdout
 
 
 def test_chat_uses_the_template_and_shows_steps(fixture_dir, tokenizer_dir):
-    res = CliRunner().invoke(cli, ["chat", str(fixture_dir), "--tokenizer", str(tokenizer_dir), "--num-steps", "8",
-                                   "--exit", "latent-diff", "--max-new-tokens", "5", "--init-scale", "0"],
-                             input="hello there\nand again\n/exit\n")
+    res = CliRunner().invoke(
+        cli,
+        [
+            "chat",
+            str(fixture_dir),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--num-steps",
+            "8",
+            "--exit",
+            "latent-diff",
+            "--max-new-tokens",
+            "5",
+            "--init-scale",
+            "0",
+        ],
+        input="hello there\nand again\n/exit\n",
+    )
     assert res.exit_code == 0, res.output
     assert res.stderr.count("core steps/token") == 2
     assert res.stderr.count("you> ") == 3
@@ -119,9 +227,24 @@ def test_missing_tokenizer_is_reported(fixture_dir):
 
 def test_error_reaches_the_terminal_as_one_line(fixture_dir, tokenizer_dir):
     proc = subprocess.run(
-        [sys.executable, "-m", "huginn", "generate", str(fixture_dir), "Hi", "--tokenizer", str(tokenizer_dir), "--exit", "nope"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(huginn.__file__).parents[1])},
+        [
+            sys.executable,
+            "-m",
+            "huginn",
+            "generate",
+            str(fixture_dir),
+            "Hi",
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--exit",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(huginn.__file__).parents[1])},
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("huginn: error: unknown exit criterion") and proc.stderr.strip().count("\n") == 0
+    assert (
+        proc.stderr.strip().startswith("huginn: error: unknown exit criterion") and proc.stderr.strip().count("\n") == 0
+    )
     assert proc.stdout == ""

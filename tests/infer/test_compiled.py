@@ -40,8 +40,14 @@ def test_compiled_decode_equals_eager_padded_batch(policy):
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding
     ids[1, :3] = 0
-    eager, comp = both(model, ids, Depth(3, init_scale=0.0), 6, attention_mask=mask,
-                       policy=CachePolicy.parse(policy, model.model_config.n_layers_in_recurrent_block))
+    eager, comp = both(
+        model,
+        ids,
+        Depth(3, init_scale=0.0),
+        6,
+        attention_mask=mask,
+        policy=CachePolicy.parse(policy, model.model_config.n_layers_in_recurrent_block),
+    )
     assert torch.equal(eager.sequences, comp.sequences)
     n = eager.cache.length
     assert n == comp.cache.length
@@ -74,8 +80,17 @@ def test_compiled_sampling_with_random_initial_state_equals_eager():
     for comp in (False, True):
         g = torch.Generator().manual_seed(11)
         with torch.no_grad():
-            outs.append(generate(model, ids, Depth(3), Stopping(8), Sampling(do_sample=True, temperature=1.0, top_k=20),
-                                 generator=g, compile=comp).sequences)
+            outs.append(
+                generate(
+                    model,
+                    ids,
+                    Depth(3),
+                    Stopping(8),
+                    Sampling(do_sample=True, temperature=1.0, top_k=20),
+                    generator=g,
+                    compile=comp,
+                ).sequences
+            )
     assert torch.equal(outs[0], outs[1])
 
 
@@ -111,20 +126,19 @@ def test_decode_layout_inside_and_restored_after_errors(dtype, monkeypatch):
         keys = set(model.state_dict())
         linear = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         assert linear
-        with pytest.raises(RuntimeError, match="inside"):
-            with compiled.decode_layout(model):
-                assert set(model.state_dict()) == keys  # the packed copies are not part of the checkpoint
-                for name, value in linear.items():
-                    m = model.get_submodule(name)
-                    if packs:
-                        assert m.weight.is_contiguous() and m.packed.shape[1:] == (m.in_features, 32), name
-                        for rows in (3, packed_linear.MAX_ROWS + 1):  # the kernel, then F.linear
-                            x = torch.randn(rows, m.in_features, dtype=dtype)
-                            torch.testing.assert_close(m(x), x @ value.t(), rtol=1e-5, atol=1e-5)
-                    else:
-                        w = m.weight  # transposed storage, same values
-                        assert w.stride() == (1, w.shape[0]) and torch.equal(w, value), name
-                raise RuntimeError("inside")
+        with pytest.raises(RuntimeError, match="inside"), compiled.decode_layout(model):
+            assert set(model.state_dict()) == keys  # the packed copies are not part of the checkpoint
+            for name, value in linear.items():
+                m = model.get_submodule(name)
+                if packs:
+                    assert m.weight.is_contiguous() and m.packed.shape[1:] == (m.in_features, 32), name
+                    for rows in (3, packed_linear.MAX_ROWS + 1):  # the kernel, then F.linear
+                        x = torch.randn(rows, m.in_features, dtype=dtype)
+                        torch.testing.assert_close(m(x), x @ value.t(), rtol=1e-5, atol=1e-5)
+                else:
+                    w = m.weight  # transposed storage, same values
+                    assert w.stride() == (1, w.shape[0]) and torch.equal(w, value), name
+            raise RuntimeError("inside")
         for n, p in model.named_parameters():
             assert p.is_contiguous() and p.data_ptr() == before[n][0] and torch.equal(p, before[n][1]), n
         for name in linear:

@@ -43,7 +43,9 @@ def test_bad_policy_fields():
 
 
 def _cache(policy, steps=4, B=1, cap=8):
-    return HuginnStaticCache(2, 4, 2, kv_heads=2, head_dim=4, batch_size=B, max_steps=steps, capacity=cap, policy=policy)
+    return HuginnStaticCache(
+        2, 4, 2, kv_heads=2, head_dim=4, batch_size=B, max_steps=steps, capacity=cap, policy=policy
+    )
 
 
 def _write_token(cache, n_steps, value_of):
@@ -128,9 +130,15 @@ def test_cached_decode_matches_reference(reference_model, expected):
     """Prefill 16 tokens, decode 8 one at a time through the static cache (fixture's cached decode)."""
     ids = expected["input_ids"]
     cache = HuginnStaticCache.for_model(reference_model, 2, 4, 24)
-    out = [reference_model(ids[:, :16], num_steps=4, init_scale=0.0, past_key_values=cache, use_cache=True).logits[:, -1]]
+    out = [
+        reference_model(ids[:, :16], num_steps=4, init_scale=0.0, past_key_values=cache, use_cache=True).logits[:, -1]
+    ]
     for t in range(16, 24):
-        out.append(reference_model(ids[:, t : t + 1], num_steps=4, init_scale=0.0, past_key_values=cache, use_cache=True).logits[:, -1])
+        out.append(
+            reference_model(
+                ids[:, t : t + 1], num_steps=4, init_scale=0.0, past_key_values=cache, use_cache=True
+            ).logits[:, -1]
+        )
     torch.testing.assert_close(torch.stack(out, 1), expected["cached_decode_last_logits_steps4"], atol=1e-4, rtol=1e-4)
 
 

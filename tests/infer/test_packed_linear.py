@@ -23,8 +23,9 @@ def test_packed_linear_equals_linear(rows, n, k):
     g = torch.Generator().manual_seed(rows * 1000 + n + k)
     w = torch.randn(n, k, generator=g)
     x = torch.randn(rows, k, generator=g)
-    torch.testing.assert_close(packed_linear.packed_linear(x, packed_linear.pack(w), n), F.linear(x, w),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        packed_linear.packed_linear(x, packed_linear.pack(w), n), F.linear(x, w), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_packed_linear_keeps_leading_dims_and_reads_strided_inputs():
@@ -79,15 +80,21 @@ def test_without_a_compiler_decoding_falls_back_with_one_warning(tmp_path):
 
     from tests.conftest import REPO
 
-    code = ("import torch; from huginn.infer import packed_linear, compiled\n"
-            "from tests.conftest import tiny_model\n"
-            "print('available', packed_linear.available())\n"
-            "m = tiny_model()\n"
-            "with compiled.decode_layout(m):\n"
-            "    w = m.lm_head.weight\n"
-            "    print('column-major', w.stride() == (1, w.shape[0]), 'packed' in m.lm_head._buffers)\n")
-    env = {**__import__("os").environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}", "CXX": str(tmp_path / "no-such-c++"),
-           "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    code = (
+        "import torch; from huginn.infer import packed_linear, compiled\n"
+        "from tests.conftest import tiny_model\n"
+        "print('available', packed_linear.available())\n"
+        "m = tiny_model()\n"
+        "with compiled.decode_layout(m):\n"
+        "    w = m.lm_head.weight\n"
+        "    print('column-major', w.stride() == (1, w.shape[0]), 'packed' in m.lm_head._buffers)\n"
+    )
+    env = {
+        **__import__("os").environ,
+        "PYTHONPATH": f"{REPO / 'src'}:{REPO}",
+        "CXX": str(tmp_path / "no-such-c++"),
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
+    }
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "available False" in proc.stdout and "column-major True False" in proc.stdout

@@ -40,7 +40,11 @@ def test_adaptive_generation_matches_reference(reference_model, expected, fixtur
     threshold = json.loads((fixture_dir / "expected.json").read_text())["adaptive_thresholds"][criterion]
     key = criterion.replace("-", "_")
     out = _generate(
-        reference_model, expected, num_steps=16, criterion=criterion, exit_threshold=threshold,
+        reference_model,
+        expected,
+        num_steps=16,
+        criterion=criterion,
+        exit_threshold=threshold,
         cache_lookup_strategy="latest-m4",
     )
     assert torch.equal(out.sequences, expected[f"generate_adaptive_{key}_steps16"])

@@ -37,7 +37,9 @@ def test_top_p_and_min_p_filter_like_a_per_row_loop():
     want = _top_p_oracle(probs, 0.8)
     # sampling many times never yields a filtered token, and only kept tokens appear
     g = torch.Generator().manual_seed(1)
-    draws = torch.stack([next_token(logits, logits.argmax(-1, keepdim=True), Sampling(True, top_p=0.8), g) for _ in range(300)], 1)
+    draws = torch.stack(
+        [next_token(logits, logits.argmax(-1, keepdim=True), Sampling(True, top_p=0.8), g) for _ in range(300)], 1
+    )
     for i in range(5):
         assert set(draws[i].tolist()) <= set(want[i].nonzero().flatten().tolist())
     draws = torch.stack([next_token(logits, logits[:, :1].long(), Sampling(True, min_p=0.5), g) for _ in range(200)], 1)
@@ -59,7 +61,9 @@ def test_eos_stops_a_row_and_pads_it(reference_model, expected):
     prompt = expected["input_ids"][:1, :10]
     full = reference_model.generate(prompt, max_new_tokens=12, num_steps=4, init_scale=0.0)
     eos = int(full[0, 13])
-    out = reference_model.generate(prompt, max_new_tokens=12, num_steps=4, init_scale=0.0, eos_token_id=eos, pad_token_id=7)
+    out = reference_model.generate(
+        prompt, max_new_tokens=12, num_steps=4, init_scale=0.0, eos_token_id=eos, pad_token_id=7
+    )
     first = (full[0, 10:] == eos).nonzero()[0].item() + 10
     assert torch.equal(out[0, : first + 1], full[0, : first + 1])
     assert out.shape[1] == first + 1  # the only row stopped: generation ends
@@ -103,15 +107,28 @@ def test_custom_criterion_object(reference_model, expected):
             return torch.full((state.shape[0],), self.n >= 3)
 
     assert isinstance(AfterThree(), ExitCriterion)
-    out = reference_model.generate(expected["input_ids"][:1, :10], max_new_tokens=4, num_steps=8, criterion=AfterThree(),
-                                   init_scale=0.0, return_dict_in_generate=True)
+    out = reference_model.generate(
+        expected["input_ids"][:1, :10],
+        max_new_tokens=4,
+        num_steps=8,
+        criterion=AfterThree(),
+        init_scale=0.0,
+        return_dict_in_generate=True,
+    )
     assert out.compute_steps.tolist() == [[3, 3, 3, 3]]
 
 
 def test_never_exiting_criterion_equals_fixed_depth(reference_model, expected):
     prompt = expected["input_ids"][:1, :10]
-    never = reference_model.generate(prompt, max_new_tokens=8, num_steps=5, criterion="kl", exit_threshold=-1.0,
-                                      init_scale=0.0, return_dict_in_generate=True)
+    never = reference_model.generate(
+        prompt,
+        max_new_tokens=8,
+        num_steps=5,
+        criterion="kl",
+        exit_threshold=-1.0,
+        init_scale=0.0,
+        return_dict_in_generate=True,
+    )
     fixed = reference_model.generate(prompt, max_new_tokens=8, num_steps=5, init_scale=0.0)
     assert torch.equal(never.sequences, fixed) and bool((never.compute_steps == 5).all())
 
@@ -162,8 +179,13 @@ def test_generate_output_carries_the_cache_under_the_model_cards_name(caplog):
 
     model = tiny_model(seed=2)
     with caplog.at_level(logging.WARNING):
-        out = model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=3, num_steps=2,
-                             init_scale=0.0, return_dict_in_generate=True)
+        out = model.generate(
+            torch.ones(1, 3, dtype=torch.long),
+            max_new_tokens=3,
+            num_steps=2,
+            init_scale=0.0,
+            return_dict_in_generate=True,
+        )
         cache = out.past_key_values
     assert isinstance(cache, HuginnStaticCache) and cache.length == 5
     assert not [r for r in caplog.records if "deprecated" in r.getMessage()]

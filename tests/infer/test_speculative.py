@@ -12,8 +12,13 @@ from tests.infer.test_batching import _left_pad, _prompts
 @pytest.mark.parametrize("draft_steps, lookahead", [(1, 4), (2, 3), (3, 1), (4, 8)])
 def test_speculative_equals_greedy_on_the_fixture(reference_model, expected, draft_steps, lookahead):
     out = reference_model.generate(
-        expected["input_ids"][:1, :10], max_new_tokens=12, num_steps=4, init_scale=0.0,
-        draft_steps=draft_steps, lookahead_for_draft=lookahead, return_dict_in_generate=True,
+        expected["input_ids"][:1, :10],
+        max_new_tokens=12,
+        num_steps=4,
+        init_scale=0.0,
+        draft_steps=draft_steps,
+        lookahead_for_draft=lookahead,
+        return_dict_in_generate=True,
     )
     assert torch.equal(out.sequences, expected["generate_greedy_steps4"])
     assert 0.0 <= out.acceptance_rate <= 1.0

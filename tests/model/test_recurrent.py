@@ -5,7 +5,6 @@ import torch
 
 from huginn import HuginnError, RecurrentLM, named_shape
 from huginn.hf import HuginnDynamicCache
-
 from tests.conftest import tiny_model
 
 
@@ -91,7 +90,10 @@ def test_truncated_backprop_pair():
     m.zero_grad()
     no_grad_core = m(ids, (5, 0), init_scale=0.0)
     no_grad_core.logits.sum().backward()
-    assert m.transformer.core_block[0].mlp.fc.weight.grad is None or m.transformer.core_block[0].mlp.fc.weight.grad.abs().sum() == 0
+    assert (
+        m.transformer.core_block[0].mlp.fc.weight.grad is None
+        or m.transformer.core_block[0].mlp.fc.weight.grad.abs().sum() == 0
+    )
 
 
 def test_activation_checkpointing_gives_same_gradients():

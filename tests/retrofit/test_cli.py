@@ -34,14 +34,30 @@ def run(argv, capsys):
 
 @pytest.mark.parametrize("name", ["llama-gqa-tied", "olmo2-gqa"])
 def test_cli_writes_a_loadable_checkpoint(base_dirs, tmp_path, capsys, name):
-    import huginn  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModelForCausalLM
 
+    import huginn  # noqa: F401  (registers the Auto classes)
     from huginn.retrofit import LayerMap, convert
 
     out = tmp_path / "rec"
-    code, stdout, err = run(["retrofit", str(base_dirs[name]), str(out), "--prelude", "0", "--core", "2,4",
-                             "--coda", "5", "--injection", "linear", "--seed", "7"], capsys)
+    code, stdout, err = run(
+        [
+            "retrofit",
+            str(base_dirs[name]),
+            str(out),
+            "--prelude",
+            "0",
+            "--core",
+            "2,4",
+            "--coda",
+            "5",
+            "--injection",
+            "linear",
+            "--seed",
+            "7",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "check: num_steps=1" in stdout and "dropped 2 of 6" in stdout
     cfg = json.loads((out / "config.json").read_text())
@@ -59,8 +75,9 @@ def test_cli_writes_a_loadable_checkpoint(base_dirs, tmp_path, capsys, name):
 
 
 def test_cli_full_map_matches_base_after_save(base_dirs, tmp_path, capsys):
-    import huginn  # noqa: F401
     from transformers import AutoModelForCausalLM
+
+    import huginn  # noqa: F401
 
     out = tmp_path / "rec"
     assert run(["retrofit", str(base_dirs["olmo2-gqa"]), str(out), "--shape", "2,3,1"], capsys)[0] == 0
@@ -84,7 +101,7 @@ def test_cli_bad_input(base_dirs, tmp_path, capsys, monkeypatch):
         ([str(tmp_path), str(out), "--core", "1"], "has no config.json"),
     ]
     for args, fragment in cases:
-        code, stdout, err = run(["retrofit", *args], capsys)
+        code, _stdout, err = run(["retrofit", *args], capsys)
         assert code == 2 and fragment in err and err.count("\n") == 1, (args, err)
         assert not out.exists()
 

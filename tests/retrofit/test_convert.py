@@ -1,16 +1,17 @@
 """Conversion exactness on random tiny bases of each family (fp32, 1e-4), injection options, and
 the RoPE permutation. Every base has all its parameters randomised (norms included)."""
 
+import importlib
+
 import pytest
 import torch
 
 from huginn.model.layers import apply_rope, rope_table
 from huginn.retrofit import LayerMap, check_conversion, convert, rope_permutation
-import importlib
-
-convert_module = importlib.import_module("huginn.retrofit.convert")  # the module, not the function
 
 from .helpers import BASES, tiny_base
+
+convert_module = importlib.import_module("huginn.retrofit.convert")  # the module, not the function
 
 TOL = 1e-4
 FULL = LayerMap((0, 1), (2, 3, 4), (5,))  # every layer of a 6-layer base, in order

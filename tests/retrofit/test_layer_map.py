@@ -54,7 +54,10 @@ def test_errors_are_one_line():
         (lambda: LayerMap((0, 1), (1, 2), ()), "layer 1 appears in both the prelude and the core"),
         (lambda: LayerMap((), (2, 2), ()), "twice in the core"),
         (lambda: LayerMap((0,), (), (5,)), "at least one layer"),
-        (lambda: LayerMap((0,), (1, 6), ()).validate(6), r"core layer 6 is out of range: the base has 6 layers \(0-5\)"),
+        (
+            lambda: LayerMap((0,), (1, 6), ()).validate(6),
+            r"core layer 6 is out of range: the base has 6 layers \(0-5\)",
+        ),
         (lambda: LayerMap.from_shape(4, 8, 4, n_layers=12), "needs 16 layers but the base has 12"),
         (lambda: published_map("tinyllama", 30), "use --shape 4,8,4"),
         (lambda: published_map("gpt2"), "valid: tinyllama, olmo2-1b"),
@@ -73,4 +76,13 @@ def test_resolve():
     m = resolve_layer_map(8, core="2-5")
     assert m.prelude == () and m.coda == () and m.layers == (2, 3, 4, 5)
     # non-contiguous, as in the paper's layer-choice ablation
-    assert resolve_layer_map(16, prelude="0,1", core="2,5,8,11", coda="14,15").dropped(16) == (3, 4, 6, 7, 9, 10, 12, 13)
+    assert resolve_layer_map(16, prelude="0,1", core="2,5,8,11", coda="14,15").dropped(16) == (
+        3,
+        4,
+        6,
+        7,
+        9,
+        10,
+        12,
+        13,
+    )

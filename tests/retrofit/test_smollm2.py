@@ -62,9 +62,9 @@ def test_dropping_map_runs_at_several_depths(base_and_tokenizer, text_ids):
 
 
 def test_cli_on_the_gguf(tmp_path, text_ids, base_and_tokenizer):
-    import huginn  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import huginn  # noqa: F401
     from huginn.cli import main
 
     out = tmp_path / "smol-rec"

@@ -21,8 +21,12 @@ def test_answers_are_k_fold_lookups_in_a_permutation():
     rng = random.Random(3)
     for _ in range(200):
         f, queries = parse(corpus.problem(rng))
-        assert sorted(f) == sorted(f.values()) and corpus.LETTERS[0] <= len(f) <= corpus.LETTERS[1]  # a permutation of its letters
-        assert len({(x, k) for x, k, _ in queries}) == len(queries) == min(corpus.QUERIES, len(f) * corpus.MAX_HOPS)  # no repeat
+        assert (
+            sorted(f) == sorted(f.values()) and corpus.LETTERS[0] <= len(f) <= corpus.LETTERS[1]
+        )  # a permutation of its letters
+        assert (
+            len({(x, k) for x, k, _ in queries}) == len(queries) == min(corpus.QUERIES, len(f) * corpus.MAX_HOPS)
+        )  # no repeat
         hops = set()
         for x, k, y in queries:
             z = x

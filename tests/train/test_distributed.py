@@ -8,19 +8,31 @@ import sys
 from pathlib import Path
 
 import pytest
+from train_helpers import TINY, losses
 
 from huginn.train.config import load_config
 from huginn.train.loop import train
-
-from train_helpers import TINY, losses
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def torchrun(out: Path, *extra: str, nproc: int = 2) -> subprocess.CompletedProcess:
     args = [a for item in [*TINY, *extra] for a in ("--set", item)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
-           "-m", "huginn", "train", "--out", str(out), "--max-steps", "4", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--standalone",
+        "-m",
+        "huginn",
+        "train",
+        "--out",
+        str(out),
+        "--max-steps",
+        "4",
+        *args,
+    ]
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -37,6 +49,14 @@ def test_two_processes_equal_one(tmp_path, kind, optim):
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-3 * abs(a[step]), (step, a[step], b[step])
     # resuming under torchrun picks up the sharded checkpoint
-    assert set(p.name for p in (tmp_path / "two" / "checkpoints" / "step_0000004").iterdir()) >= {"trainer_rank0.pt", "trainer_rank1.pt"}
+    assert {p.name for p in (tmp_path / "two" / "checkpoints" / "step_0000004").iterdir()} >= {
+        "trainer_rank0.pt",
+        "trainer_rank1.pt",
+    }
     for r, v in one.scaling.items():
-        assert abs(v - float(__import__("json").loads((tmp_path / "two" / "scaling.json").read_text())["val_loss"][str(r)])) <= 1e-3 * v
+        assert (
+            abs(
+                v - float(__import__("json").loads((tmp_path / "two" / "scaling.json").read_text())["val_loss"][str(r)])
+            )
+            <= 1e-3 * v
+        )

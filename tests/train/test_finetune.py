@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
+from train_helpers import TINY, losses
 
 from huginn.errors import HuginnError
 from huginn.train.config import load_config
 from huginn.train.data import encode_chat
 from huginn.train.loop import train
-
-from train_helpers import TINY, losses
 
 TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -20,8 +19,13 @@ TEMPLATE = (
 )
 CHATS = [
     [{"role": "user", "content": "what is two plus two"}, {"role": "assistant", "content": "four"}],
-    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "name a color"},
-     {"role": "assistant", "content": "blue"}, {"role": "user", "content": "another"}, {"role": "assistant", "content": "red"}],
+    [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "name a color"},
+        {"role": "assistant", "content": "blue"},
+        {"role": "user", "content": "another"},
+        {"role": "assistant", "content": "red"},
+    ],
     [{"role": "user", "content": "say hello"}, {"role": "assistant", "content": "hello there friend"}],
 ]
 
@@ -34,7 +38,9 @@ def make_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     special = ["<pad>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=200, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([m["content"] for c in CHATS for m in c] * 5, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
     fast.chat_template = TEMPLATE
@@ -65,8 +71,17 @@ def test_loss_mask_covers_exactly_the_assistant_turns():
 
 
 def test_finetune_from_published_checkpoint(checkpoint_dir, tmp_path):
-    base = [*TINY, "data.kind=chat", f"data.path={checkpoint_dir / 'chat.jsonl'}", f"model.init_from={checkpoint_dir}",
-            "model.overrides={}", "optim.lr=3e-3", "schedule.warmup=0", "schedule.decay=0", "eval.scaling=[2]"]
+    base = [
+        *TINY,
+        "data.kind=chat",
+        f"data.path={checkpoint_dir / 'chat.jsonl'}",
+        f"model.init_from={checkpoint_dir}",
+        "model.overrides={}",
+        "optim.lr=3e-3",
+        "schedule.warmup=0",
+        "schedule.decay=0",
+        "eval.scaling=[2]",
+    ]
     result = train(load_config(None, base, **{"train.max_steps": 8}), tmp_path / "ft")
     seen = losses(tmp_path / "ft")
     assert seen[8] < seen[1]
@@ -87,8 +102,17 @@ def test_vocab_mismatch_is_an_error(checkpoint_dir, tmp_path):
     tok = make_tokenizer()
     tok.add_tokens([f"extra{i}" for i in range(100)])  # now larger than the model's vocabulary
     tok.save_pretrained(str(small))
-    cfg = load_config(None, [*TINY, "data.kind=chat", f"data.path={checkpoint_dir / 'chat.jsonl'}",
-                             f"model.init_from={checkpoint_dir}", f"data.tokenizer={small}", "model.overrides={}"])
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "data.kind=chat",
+            f"data.path={checkpoint_dir / 'chat.jsonl'}",
+            f"model.init_from={checkpoint_dir}",
+            f"data.tokenizer={small}",
+            "model.overrides={}",
+        ],
+    )
     with pytest.raises(HuginnError, match="vocab mismatch: the tokenizer has 3.. tokens but the model only 2.."):
         train(cfg, tmp_path / "r")
     assert not (tmp_path / "r").exists()

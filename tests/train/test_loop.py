@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import TINY, losses
 
 from huginn.cli import main
 from huginn.errors import HuginnError
 from huginn.train import checkpoint
 from huginn.train.config import load_config
 from huginn.train.loop import train
-
-from train_helpers import TINY, losses
 
 
 def cfg(*extra, steps=6):
@@ -43,7 +42,10 @@ def test_resumed_equals_uninterrupted(tmp_path):
     assert (tmp_path / "full" / "scaling.png").stat().st_size > 1000
     assert "| 1 |" in (tmp_path / "full" / "scaling.md").read_text()
     # only `keep` checkpoints remain
-    assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("step_*")) == ["step_0000004", "step_0000006"]
+    assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("step_*")) == [
+        "step_0000004",
+        "step_0000006",
+    ]
 
 
 def test_resume_refuses_a_different_config(tmp_path):
@@ -76,7 +78,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         (["--set", "optimizer.lr=1"], "unknown config key 'optimizer'; valid keys in the top level: model, data"),
         (["--set", "optim.name=sgd"], "valid: adamw, ellis-adam, muon"),
         (["--set", "data.kind=packed"], "needs data.path"),
-        (["--set", "data.kind=chat", "--set", "data.path=/nonexistent.jsonl", "--set", "data.tokenizer=/nope"], "tokenizer folder '/nope' does not exist"),
+        (
+            ["--set", "data.kind=chat", "--set", "data.path=/nonexistent.jsonl", "--set", "data.tokenizer=/nope"],
+            "tokenizer folder '/nope' does not exist",
+        ),
         (["--set", "model.overrides={vocab_size: 20}"], "needs vocab_size >= 48"),
         (["--train.batch_size", "many"], "train.batch_size must be an integer"),
     ],
@@ -98,9 +103,9 @@ def test_missing_config_file(tmp_path, capsys):
 
 
 def test_export_loads_with_auto_classes(tmp_path):
-    import huginn  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import huginn  # noqa: F401
     from huginn.train.export import export_run, load_run_model
 
     train(cfg(steps=3), tmp_path / "r")
@@ -118,7 +123,9 @@ def test_export_loads_with_auto_classes(tmp_path):
 
 def test_config_overrides_parse():
     c = load_config(None, ["optim.lr=1e-3", "eval.scaling=[1, 3]", "train.precision=bf16", "optim.betas=[0.8, 0.9]"])
-    assert c.optim.lr == 1e-3 and c.eval.scaling == [1, 3] and c.train.precision == "bf16" and c.optim.betas == [0.8, 0.9]
+    assert (
+        c.optim.lr == 1e-3 and c.eval.scaling == [1, 3] and c.train.precision == "bf16" and c.optim.betas == [0.8, 0.9]
+    )
     assert json.loads(json.dumps(c.to_dict()))["train"]["max_steps"] == 2000
 
 
@@ -143,7 +150,10 @@ def test_presets_load():
     for p in presets:
         load_config(p)
     default = load_config(Path(__file__).resolve().parents[2] / "configs" / "default.yaml")
-    assert default.to_dict() | {"depth": None, "model": None} == load_config(None).to_dict() | {"depth": None, "model": None}
+    assert default.to_dict() | {"depth": None, "model": None} == load_config(None).to_dict() | {
+        "depth": None,
+        "model": None,
+    }
 
 
 def _packed_for_tiny(tmp_path, vocab: int):
@@ -177,7 +187,19 @@ def test_packed_data_trains_and_resumes_exactly(tmp_path):
 def test_packed_data_with_a_larger_vocabulary_is_refused(tmp_path, capsys):
     data = _packed_for_tiny(tmp_path, 50_000)
     with pytest.raises(SystemExit):
-        main(["train", "--out", str(tmp_path / "r"), "--max-steps", "2", "--set", "data.kind=packed", "--set", f"data.path={data}"])
+        main(
+            [
+                "train",
+                "--out",
+                str(tmp_path / "r"),
+                "--max-steps",
+                "2",
+                "--set",
+                "data.kind=packed",
+                "--set",
+                f"data.path={data}",
+            ]
+        )
     err = capsys.readouterr().err
     assert "vocab mismatch" in err and "50000 tokens" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()

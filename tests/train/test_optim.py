@@ -1,5 +1,6 @@
 """Optimizer update rules on small tensors, parameter groups and schedules."""
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -41,20 +42,42 @@ def test_ellis_adam_matches_published_rule(clip, atan, running_init):
     grads = [torch.randn(7, dtype=torch.float64) * s for s in (1.0, 0.1, 3.0, 0.5)]
     lrs = [0.1, 0.05, 0.02, 0.01]  # a decaying schedule: weight decay must follow lr / init_lr
     p = torch.nn.Parameter(theta0.clone())
-    opt = ELLISAdam([p], lr=lrs[0], betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1,
-                    update_clipping=clip, atan_adam=atan, running_init=running_init)
+    opt = ELLISAdam(
+        [p],
+        lr=lrs[0],
+        betas=(0.9, 0.95),
+        eps=1e-6,
+        weight_decay=0.1,
+        update_clipping=clip,
+        atan_adam=atan,
+        running_init=running_init,
+    )
     for g, lr in zip(grads, lrs):
         opt.param_groups[0]["lr"] = lr
         p.grad = g.clone()
         opt.step()
-    want = ellis_by_hand(theta0.tolist(), [g.tolist() for g in grads], lrs, 0.9, 0.95, 1e-6, 0.1, clip, atan, running_init)
+    want = ellis_by_hand(
+        theta0.tolist(), [g.tolist() for g in grads], lrs, 0.9, 0.95, 1e-6, 0.1, clip, atan, running_init
+    )
     torch.testing.assert_close(p.detach(), torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-12)
 
 
 def _cfg(name, **kw):
-    base = dict(name=name, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, no_wd_on_embeddings=False,
-                muon_lr=0.02, muon_weight_decay=0.01, muon_momentum=0.95, muon_adjust_lr="match_rms_adamw",
-                update_clipping=True, running_init=True, atan_adam=True)
+    base = dict(
+        name=name,
+        lr=1e-3,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        weight_decay=0.1,
+        no_wd_on_embeddings=False,
+        muon_lr=0.02,
+        muon_weight_decay=0.01,
+        muon_momentum=0.95,
+        muon_adjust_lr="match_rms_adamw",
+        update_clipping=True,
+        running_init=True,
+        atan_adam=True,
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -104,9 +127,13 @@ def test_schedules():
     wsd = [lr_factor(s, T, "wsd", 0.1, 0.2, 0.01) for s in range(T)]
     assert wsd[0] == pytest.approx(0.1) and wsd[9] == 1.0 and wsd[79] == 1.0
     assert wsd[80] < 1.0 and wsd[-1] == pytest.approx(0.01)
-    assert all(a >= b for a, b in zip(wsd[9:], wsd[10:]))
+    assert all(a >= b for a, b in itertools.pairwise(wsd))
     cos = [lr_factor(s, T, "cosine", 10, 0, 0.1) for s in range(T)]
-    assert cos[9] == 1.0 and cos[-1] == pytest.approx(0.1) and cos[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 46 / 90)))
+    assert (
+        cos[9] == 1.0
+        and cos[-1] == pytest.approx(0.1)
+        and cos[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 46 / 90)))
+    )
     assert [lr_factor(s, T, "constant", 0, 0, 0.0) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
     with pytest.raises(HuginnError, match="valid: wsd, cosine, constant"):
         lr_factor(0, T, "linear", 0, 0, 0)

@@ -1,5 +1,6 @@
 """Depth sampler: statistics, truncation, determinism, curriculum."""
 
+import itertools
 import math
 
 import pytest
@@ -39,17 +40,21 @@ def test_fixed_scheme():
 
 @pytest.mark.parametrize("kind", ["linear", "1-sqrt"])
 def test_curriculum_ramps_mean_with_ceil(kind):
-    s = DepthSampler(mean_recurrence=32, backprop_depth=8, curriculum=kind, curriculum_fraction=0.5, max_steps=200, scheme="fixed")
+    s = DepthSampler(
+        mean_recurrence=32, backprop_depth=8, curriculum=kind, curriculum_fraction=0.5, max_steps=200, scheme="fixed"
+    )
     means = [s.mean_at(i) for i in range(200)]
     assert means[0] == 1 and means[100] == 32 and means[-1] == 32
-    assert all(a <= b for a, b in zip(means, means[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(means))
     f = (lambda t: t) if kind == "linear" else (lambda t: 1 - math.sqrt(1 - t))
     assert means[30] == math.ceil(32 * f(0.3) - 1e-9)
     # backprop depth never exceeds the current mean, so early steps get full gradients
     assert s.sample(1) == (0, s.mean_at(1))
     assert s.sample(150) == (24, 8)
     if kind == "1-sqrt":
-        assert s.mean_at(50) < DepthSampler(32, 8, curriculum="linear", curriculum_fraction=0.5, max_steps=200).mean_at(50)
+        assert s.mean_at(50) < DepthSampler(32, 8, curriculum="linear", curriculum_fraction=0.5, max_steps=200).mean_at(
+            50
+        )
 
 
 def test_bad_values():

@@ -6,9 +6,17 @@ import json
 from pathlib import Path
 
 TINY = [
-    "data.seq_len=32", "data.val_samples=8", "train.batch_size=4", "log.every=1", "log.progress=false",
-    "eval.scaling=[1,2]", "checkpoint.save_every=2", "schedule.warmup=1", "schedule.decay=2",
-    "depth.mean_recurrence=3", "depth.backprop_depth=2",
+    "data.seq_len=32",
+    "data.val_samples=8",
+    "train.batch_size=4",
+    "log.every=1",
+    "log.progress=false",
+    "eval.scaling=[1,2]",
+    "checkpoint.save_every=2",
+    "schedule.warmup=1",
+    "schedule.decay=2",
+    "depth.mean_recurrence=3",
+    "depth.backprop_depth=2",
     "model.overrides={n_embd: 32, n_heads: 2, intermediate_size: 64, n_layers_in_prelude: 1, n_layers_in_recurrent_block: 2, n_layers_in_coda: 1}",
 ]
 

@@ -20,7 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("huginn.cli.demo:demo", "Outputs and cost of a tiny built-in model at several depths (no download)."),
     "train": ("huginn.cli.train:train", "Pretrain or fine-tune from a YAML config (built-in default without one)."),
     "export": ("huginn.cli.train:export", "Write a training run as a published-format Huginn checkpoint."),
-    "generate": ("huginn.cli.generate:generate", "Generate text from a checkpoint (adaptive exits, cache sharing, streaming)."),
+    "generate": (
+        "huginn.cli.generate:generate",
+        "Generate text from a checkpoint (adaptive exits, cache sharing, streaming).",
+    ),
     "chat": ("huginn.cli.generate:chat", "Chat with a checkpoint through its chat template."),
     "data": ("huginn.cli.data:data", "Data pipeline: train-tokenizer, tokenize, mix, shuffle, stats."),
     "retrofit": ("huginn.cli.retrofit:retrofit", "Convert a pretrained transformer into a recurrent-depth model."),

@@ -12,10 +12,24 @@ from huginn.errors import HuginnError
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
 
 
 def _fresh_out(out: str) -> None:
@@ -32,7 +46,13 @@ def data() -> None:
 @data.command("train-tokenizer")
 @click.option("--input", "inputs", multiple=True, required=True, help="Parquet file, directory or glob (repeatable).")
 @click.option("--text-column", default="text", show_default=True)
-@click.option("--vocab-size", type=int, default=512, show_default=True, help="Total ids incl. the 32 special tokens (Huginn: 65536).")
+@click.option(
+    "--vocab-size",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Total ids incl. the 32 special tokens (Huginn: 65536).",
+)
 @click.option("--min-frequency", type=int, default=2, show_default=True)
 @click.option("--out", required=True, help="Directory to write (loads with AutoTokenizer.from_pretrained).")
 def train_tokenizer_cmd(inputs, text_column, vocab_size, min_frequency, out) -> None:
@@ -44,19 +64,28 @@ def train_tokenizer_cmd(inputs, text_column, vocab_size, min_frequency, out) -> 
     _fresh_out(out)
     created = not Path(out).exists()
     try:
-        train_tokenizer(iter_texts([f.path for f in files], text_column), vocab_size, out,
-                        min_frequency=min_frequency, length=sum(f.num_rows for f in files))
+        train_tokenizer(
+            iter_texts([f.path for f in files], text_column),
+            vocab_size,
+            out,
+            min_frequency=min_frequency,
+            length=sum(f.num_rows for f in files),
+        )
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
     ids = special_token_ids(vocab_size)
-    click.echo(f"wrote {out}: vocab {vocab_size}, <|begin_text|>={ids['<|begin_text|>']}, <|end_text|>={ids['<|end_text|>']}, <|pad|>={ids['<|pad|>']}")
+    click.echo(
+        f"wrote {out}: vocab {vocab_size}, <|begin_text|>={ids['<|begin_text|>']}, <|end_text|>={ids['<|end_text|>']}, <|pad|>={ids['<|pad|>']}"
+    )
 
 
 @data.command("tokenize")
 @click.option("--tokenizer", "tokenizer_dir", required=True, help="Tokenizer directory (tokenizer.json).")
-@click.option("--input", "inputs", multiple=True, required=True, help="[NAME=]parquet file, directory or glob (repeatable).")
+@click.option(
+    "--input", "inputs", multiple=True, required=True, help="[NAME=]parquet file, directory or glob (repeatable)."
+)
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--seq-len", type=int, default=4096, show_default=True, help="Rows hold seq-len + 1 ids.")
 @click.option("--out", required=True, help="Output directory (rerun the same command to resume).")
@@ -64,7 +93,9 @@ def train_tokenizer_cmd(inputs, text_column, vocab_size, min_frequency, out) -> 
 @click.option("--rows-per-file", type=int, default=None, help="Rows per output file (default: about 256 MB).")
 @click.option("--row-group-rows", type=int, default=None, help="Rows per parquet row group (default: about 8 MB).")
 @click.option("--no-bos", is_flag=True, help="Do not start documents with <|begin_text|>.")
-def tokenize_cmd(tokenizer_dir, inputs, text_column, seq_len, out, workers, rows_per_file, row_group_rows, no_bos) -> None:
+def tokenize_cmd(
+    tokenizer_dir, inputs, text_column, seq_len, out, workers, rows_per_file, row_group_rows, no_bos
+) -> None:
     """Tokenize parquet text into packed rows of seq-len + 1 ids (lossless, parallel, resumable)."""
     import time
 
@@ -90,23 +121,38 @@ def tokenize_cmd(tokenizer_dir, inputs, text_column, seq_len, out, workers, rows
                 bar.update(task, advance=1, rate=f"{rate / 1e6:.2f} M tok/s")
 
         try:
-            m = tokenize_parquet(inputs, tokenizer_dir, out, text_column=text_column, seq_len=seq_len, workers=workers,
-                                 rows_per_file=rows_per_file, row_group_rows=row_group_rows, add_bos=not no_bos,
-                                 progress=on_event)
+            m = tokenize_parquet(
+                inputs,
+                tokenizer_dir,
+                out,
+                text_column=text_column,
+                seq_len=seq_len,
+                workers=workers,
+                rows_per_file=rows_per_file,
+                row_group_rows=row_group_rows,
+                add_bos=not no_bos,
+                progress=on_event,
+            )
         except HuginnError:
             # a user mistake found before any work: leave nothing behind
             if created and Path(out).exists() and not any(Path(out, ".progress").glob("unit-*.json")):
                 shutil.rmtree(out, ignore_errors=True)
             raise
-    click.echo(f"wrote {out}: {m['documents']:,} documents, {m['tokens']:,} tokens, {m['rows']:,} rows of {m['row_len']} "
-               f"in {len(m['files'])} files ({time.perf_counter() - start:.1f} s)")
+    click.echo(
+        f"wrote {out}: {m['documents']:,} documents, {m['tokens']:,} tokens, {m['rows']:,} rows of {m['row_len']} "
+        f"in {len(m['files'])} files ({time.perf_counter() - start:.1f} s)"
+    )
 
 
 @data.command("mix")
-@click.option("--config", "config", default=None, help="YAML: sources: {name: {path: DIR, weight: W}}, val_fraction, seed.")
+@click.option(
+    "--config", "config", default=None, help="YAML: sources: {name: {path: DIR, weight: W}}, val_fraction, seed."
+)
 @click.option("--source", "sources", multiple=True, help="[NAME=]DIR[:WEIGHT] of a tokenized dataset (repeatable).")
 @click.option("--out", required=True, help="Output directory: train/ and val/ datasets.")
-@click.option("--val-fraction", type=float, default=None, help="Fraction of each source's rows held out (default 0.05).")
+@click.option(
+    "--val-fraction", type=float, default=None, help="Fraction of each source's rows held out (default 0.05)."
+)
 @click.option("--seed", type=int, default=None, help="Seed of the split, the sampling and the shuffle (default 0).")
 @click.option("--rows-per-file", type=int, default=None)
 def mix_cmd(config, sources, out, val_fraction, seed, rows_per_file) -> None:
@@ -118,8 +164,13 @@ def mix_cmd(config, sources, out, val_fraction, seed, rows_per_file) -> None:
     if not specs["sources"]:
         raise HuginnError("no sources; pass --config sources.yaml or --source DIR[:WEIGHT]")
     _fresh_out(out)
-    res = mix_sources(specs["sources"], out, val_fraction=specs["val_fraction"] if val_fraction is None else val_fraction,
-                      seed=specs["seed"] if seed is None else seed, rows_per_file=rows_per_file)
+    res = mix_sources(
+        specs["sources"],
+        out,
+        val_fraction=specs["val_fraction"] if val_fraction is None else val_fraction,
+        seed=specs["seed"] if seed is None else seed,
+        rows_per_file=rows_per_file,
+    )
     for split, m in res.items():
         click.echo(f"{split}: {m['rows']:,} rows, {m['tokens']:,} tokens in {len(m['files'])} files")
 

@@ -51,7 +51,13 @@ def demo(shape: str, steps: str, seq_len: int, seed: int) -> None:
         logp = out.logits.log_softmax(-1)
         kl = torch.sum(final.exp() * (final - logp), -1).mean().item()
         agree = (logp.argmax(-1) == final.argmax(-1)).float().mean().item()
-        table.add_row(str(r), f"{change:.4f}", f"{kl:.5f}", f"{100 * agree:.0f}%",
-                      f"{flops_per_token(cfg, r, seq_len) / 1e9:.3f}", f"{ms:.2f}")
+        table.add_row(
+            str(r),
+            f"{change:.4f}",
+            f"{kl:.5f}",
+            f"{100 * agree:.0f}%",
+            f"{flops_per_token(cfg, r, seq_len) / 1e9:.3f}",
+            f"{ms:.2f}",
+        )
     Console().print(table)
     click.echo("Next: `huginn info nebel-raven-3.5b` for the published model's cost; `huginn train` trains one.")

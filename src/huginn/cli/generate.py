@@ -41,12 +41,16 @@ def _load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
 
     path = Path(checkpoint)
     if not (path / "config.json").exists():
-        raise HuginnError(f"{checkpoint} is not a checkpoint folder (no config.json); pass a folder written by save_pretrained")
+        raise HuginnError(
+            f"{checkpoint} is not a checkpoint folder (no config.json); pass a folder written by save_pretrained"
+        )
     tok_path = Path(tokenizer_dir) if tokenizer_dir else path
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
     except Exception:  # transformers raises several types for "no tokenizer here"
-        raise HuginnError(f"no tokenizer found in {tok_path}; pass --tokenizer DIR (a folder with tokenizer.json)") from None
+        raise HuginnError(
+            f"no tokenizer found in {tok_path}; pass --tokenizer DIR (a folder with tokenizer.json)"
+        ) from None
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).eval()
     if len(tokenizer) > model.model_config.padded_vocab_size:
@@ -57,8 +61,25 @@ def _load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
     return model, tokenizer
 
 
-def _gen_kwargs(num_steps, exit_spec, cache, continuous, max_new_tokens, temperature, top_k, top_p, min_p,
-                repetition_penalty, draft_steps, lookahead, seed, init_scale, compile, freeze, tokenizer) -> dict:
+def _gen_kwargs(
+    num_steps,
+    exit_spec,
+    cache,
+    continuous,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    min_p,
+    repetition_penalty,
+    draft_steps,
+    lookahead,
+    seed,
+    init_scale,
+    compile,
+    freeze,
+    tokenizer,
+) -> dict:
     import torch
     from transformers import GenerationConfig
 
@@ -76,9 +97,15 @@ def _gen_kwargs(num_steps, exit_spec, cache, continuous, max_new_tokens, tempera
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         return_dict_in_generate=True,
     )
-    kw: dict = dict(generation_config=gc, num_steps=num_steps, init_scale=init_scale, cache_lookup_strategy=cache,
-                    continuous_compute=continuous, tokenizer=tokenizer,
-                    compile="frozen" if freeze else compile)
+    kw: dict = dict(
+        generation_config=gc,
+        num_steps=num_steps,
+        init_scale=init_scale,
+        cache_lookup_strategy=cache,
+        continuous_compute=continuous,
+        tokenizer=tokenizer,
+        compile="frozen" if freeze else compile,
+    )
     if seed is not None:
         kw["generator"] = torch.Generator().manual_seed(seed)
     if exit_spec:
@@ -90,24 +117,72 @@ def _gen_kwargs(num_steps, exit_spec, cache, continuous, max_new_tokens, tempera
 
 def _options(f):
     opts = [
-        click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False), help="Tokenizer folder (default: the checkpoint's)."),
-        click.option("--num-steps", type=click.IntRange(min=1), default=None, help="Core steps per token (the maximum, with --exit). Default: the model's mean_recurrence."),
-        click.option("--exit", "exit_spec", default=None, metavar="CRITERION[:THRESHOLD]", help="Adaptive compute: entropy-diff, latent-diff, kl, minp-kl, argmax-stability, cosine; e.g. kl:5e-4."),
-        click.option("--cache", default="latest-m4", show_default=True, help="KV-cache policy, e.g. compress-s16, latest-m4-compress-s16, skip."),
-        click.option("--continuous", is_flag=True, help="Start each token's recurrence from the previous token's final latent."),
+        click.option(
+            "--tokenizer",
+            "tokenizer_dir",
+            type=click.Path(exists=True, file_okay=False),
+            help="Tokenizer folder (default: the checkpoint's).",
+        ),
+        click.option(
+            "--num-steps",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Core steps per token (the maximum, with --exit). Default: the model's mean_recurrence.",
+        ),
+        click.option(
+            "--exit",
+            "exit_spec",
+            default=None,
+            metavar="CRITERION[:THRESHOLD]",
+            help="Adaptive compute: entropy-diff, latent-diff, kl, minp-kl, argmax-stability, cosine; e.g. kl:5e-4.",
+        ),
+        click.option(
+            "--cache",
+            default="latest-m4",
+            show_default=True,
+            help="KV-cache policy, e.g. compress-s16, latest-m4-compress-s16, skip.",
+        ),
+        click.option(
+            "--continuous", is_flag=True, help="Start each token's recurrence from the previous token's final latent."
+        ),
         click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True),
         click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = greedy."),
         click.option("--top-k", type=click.IntRange(min=0), default=0),
         click.option("--top-p", type=click.FloatRange(0, 1), default=None),
         click.option("--min-p", type=click.FloatRange(0, 1), default=None),
         click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=None),
-        click.option("--draft-steps", type=click.IntRange(min=1), default=None, help="Self-speculative decoding: draft at this depth (greedy)."),
-        click.option("--lookahead", type=click.IntRange(min=1), default=4, show_default=True, help="Drafted tokens per speculative round."),
+        click.option(
+            "--draft-steps",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Self-speculative decoding: draft at this depth (greedy).",
+        ),
+        click.option(
+            "--lookahead",
+            type=click.IntRange(min=1),
+            default=4,
+            show_default=True,
+            help="Drafted tokens per speculative round.",
+        ),
         click.option("--seed", type=int, default=None, help="Seed for sampling."),
-        click.option("--init-scale", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Initial state noise; 0 = deterministic zero state."),
+        click.option(
+            "--init-scale",
+            type=click.FloatRange(min=0),
+            default=1.0,
+            show_default=True,
+            help="Initial state noise; 0 = deterministic zero state.",
+        ),
         click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True),
-        click.option("--compile", is_flag=True, help="Decode through torch.compile'd graphs (about 2x faster after compiling for 30-70 s; cached on disk for later runs)."),
-        click.option("--freeze", is_flag=True, help="Compiled decoding with the weights compiled in as constants: fastest for --dtype bfloat16 on CPUs with AMX (implies --compile; compiling takes 1-2 min)."),
+        click.option(
+            "--compile",
+            is_flag=True,
+            help="Decode through torch.compile'd graphs (about 2x faster after compiling for 30-70 s; cached on disk for later runs).",
+        ),
+        click.option(
+            "--freeze",
+            is_flag=True,
+            help="Compiled decoding with the weights compiled in as constants: fastest for --dtype bfloat16 on CPUs with AMX (implies --compile; compiling takes 1-2 min).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -187,7 +262,9 @@ def chat(checkpoint, system, tokenizer_dir, dtype, **opts):
     _check(opts)
     model, tok = _load(checkpoint, tokenizer_dir, dtype)
     if not getattr(tok, "chat_template", None):
-        raise HuginnError("the tokenizer has no chat template; pass --tokenizer DIR with one (or use `huginn generate`)")
+        raise HuginnError(
+            "the tokenizer has no chat template; pass --tokenizer DIR with one (or use `huginn generate`)"
+        )
     messages = [{"role": "system", "content": system}] if system else []
     stdin = click.get_text_stream("stdin")
     while True:

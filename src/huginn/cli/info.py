@@ -34,8 +34,14 @@ def info(checkpoint_or_shape: str, steps: str, context: int, as_json: bool) -> N
     step_list = _parse_steps(steps)
     pc = param_counts(cfg)
     parts = {
-        "embedding": pc.embedding, "prelude": pc.prelude, "adapter": pc.adapter, "core": pc.core,
-        "coda": pc.coda, "final_norm": pc.final_norm, "head": pc.head, "total": pc.total,
+        "embedding": pc.embedding,
+        "prelude": pc.prelude,
+        "adapter": pc.adapter,
+        "core": pc.core,
+        "coda": pc.coda,
+        "final_norm": pc.final_norm,
+        "head": pc.head,
+        "total": pc.total,
     }
     cost = [
         {"num_steps": r, "materialized_params": pc.materialized(r), "flops_per_token": flops_per_token(cfg, r, context)}
@@ -43,11 +49,19 @@ def info(checkpoint_or_shape: str, steps: str, context: int, as_json: bool) -> N
     ]
     shape = {
         "layers (prelude/core/coda)": f"{cfg.n_layers_in_prelude}/{cfg.n_layers_in_recurrent_block}/{cfg.n_layers_in_coda}",
-        "width": cfg.n_embd, "heads (kv)": f"{cfg.n_heads} ({cfg.kv_heads})", "head_dim": cfg.dim_head,
-        "GLU width": cfg.intermediate_size, "vocab (padded)": f"{cfg.vocab_size} ({cfg.padded_vocab_size})",
-        "block size": cfg.block_size, "rope base": cfg.rope_base, "block": cfg.block_type,
-        "injection": cfg.injection_type, "qk bias": cfg.qk_bias, "tied embeddings": cfg.tie_embeddings,
-        "embed scale": round(cfg.emb_scale, 4), "mean recurrence": cfg.mean_recurrence,
+        "width": cfg.n_embd,
+        "heads (kv)": f"{cfg.n_heads} ({cfg.kv_heads})",
+        "head_dim": cfg.dim_head,
+        "GLU width": cfg.intermediate_size,
+        "vocab (padded)": f"{cfg.vocab_size} ({cfg.padded_vocab_size})",
+        "block size": cfg.block_size,
+        "rope base": cfg.rope_base,
+        "block": cfg.block_type,
+        "injection": cfg.injection_type,
+        "qk bias": cfg.qk_bias,
+        "tied embeddings": cfg.tie_embeddings,
+        "embed scale": round(cfg.emb_scale, 4),
+        "mean recurrence": cfg.mean_recurrence,
         "backprop depth": cfg.mean_backprop_depth,
     }
     if as_json:
@@ -70,6 +84,10 @@ def info(checkpoint_or_shape: str, steps: str, context: int, as_json: bool) -> N
     c.add_column("num_steps", justify="right"), c.add_column("materialized params", justify="right")
     c.add_column("GFLOP / token", justify="right"), c.add_column("vs 1 step", justify="right")
     for row in cost:
-        c.add_row(str(row["num_steps"]), f"{row['materialized_params']:,}", f"{row['flops_per_token'] / 1e9:,.3f}",
-                  f"{row['flops_per_token'] / flops_per_token(cfg, 1, context):.1f}x")
+        c.add_row(
+            str(row["num_steps"]),
+            f"{row['materialized_params']:,}",
+            f"{row['flops_per_token'] / 1e9:,.3f}",
+            f"{row['flops_per_token'] / flops_per_token(cfg, 1, context):.1f}x",
+        )
     console.print(c)

@@ -40,9 +40,17 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[CONFIG.yaml] [--section.key VALUE]...")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run directory (re-running resumes it).")
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False), help="Run directory (re-running resumes it)."
+)
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps in total (train.max_steps).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.lr=1e-3 (repeatable).")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. optim.lr=1e-3 (repeatable).",
+)
 def train(args: tuple[str, ...], out: str, max_steps: int | None, sets: tuple[str, ...]) -> None:
     """Pretrain or fine-tune from CONFIG.yaml (without one: a tiny model on the built-in corpus)."""
     from huginn.train.config import load_config
@@ -53,7 +61,9 @@ def train(args: tuple[str, ...], out: str, max_steps: int | None, sets: tuple[st
     cfg = load_config(config, overrides, **{"train.max_steps": max_steps})
     result = run_training(cfg, Path(out))
     if result.scaling_table:
-        click.echo(f"\nvalidation loss by test-time depth (table: {Path(out) / 'scaling.md'}, plot: {Path(out) / 'scaling.png'}):")
+        click.echo(
+            f"\nvalidation loss by test-time depth (table: {Path(out) / 'scaling.md'}, plot: {Path(out) / 'scaling.png'}):"
+        )
         click.echo(result.scaling_table)
 
 

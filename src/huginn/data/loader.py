@@ -189,7 +189,7 @@ class PackedLoader:
                 if self.shuffle:
                     local = self._perm(int(e), int(b), int(block_starts[b + 1] - block_starts[b]))[local]
                 # map block-local row -> (group in order, row in group)
-                gi = np.searchsorted(group_starts[g0:g1 + 1], local + block_starts[b], side="right") - 1 + g0
+                gi = np.searchsorted(group_starts[g0 : g1 + 1], local + block_starts[b], side="right") - 1 + g0
                 within = local + block_starts[b] - group_starts[gi]
                 for g in np.unique(gi):
                     m = gi == g
@@ -232,11 +232,19 @@ class PackedLoader:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """The position (plain JSON-able); other fields guard against resuming on other data."""
-        return {"version": STATE_VERSION, "next_batch": self._next,
-                "rows_consumed": self._next * self.batch_size * self.world_size,
-                "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
-                "seed": self.seed, "shuffle": self.shuffle, "window": self.window,
-                "num_rows": self.num_rows, "fingerprint": self._fingerprint}
+        return {
+            "version": STATE_VERSION,
+            "next_batch": self._next,
+            "rows_consumed": self._next * self.batch_size * self.world_size,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "window": self.window,
+            "num_rows": self.num_rows,
+            "fingerprint": self._fingerprint,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state` was taken (also after a change of world or batch size
@@ -245,11 +253,15 @@ class PackedLoader:
             raise HuginnError(f"loader state version {state.get('version')} is not {STATE_VERSION}; cannot resume")
         for key in ("seed", "shuffle", "window", "num_rows", "fingerprint"):
             if state[key] != getattr(self, "_fingerprint" if key == "fingerprint" else key):
-                raise HuginnError(f"loader state was taken with another {key} ({state[key]}); resume on the same data and settings")
+                raise HuginnError(
+                    f"loader state was taken with another {key} ({state[key]}); resume on the same data and settings"
+                )
         step = self.batch_size * self.world_size
         if state["rows_consumed"] % step:
-            raise HuginnError(f"{state['rows_consumed']} rows consumed do not split into steps of {step} rows "
-                              f"(batch_size {self.batch_size} x world_size {self.world_size}); pick sizes that divide it")
+            raise HuginnError(
+                f"{state['rows_consumed']} rows consumed do not split into steps of {step} rows "
+                f"(batch_size {self.batch_size} x world_size {self.world_size}); pick sizes that divide it"
+            )
         self._next = state["rows_consumed"] // step
 
 
@@ -258,8 +270,15 @@ class _WorkerStream(tud.IterableDataset):
 
     def __init__(self, loader: PackedLoader, start: int, end: int | None):
         self.files, self.start, self.end = loader.files, start, end
-        self.kw = dict(batch_size=loader.batch_size, rank=loader.rank, world_size=loader.world_size,
-                       seed=loader.seed, shuffle=loader.shuffle, loop=loader.loop, window=loader.window)
+        self.kw = dict(
+            batch_size=loader.batch_size,
+            rank=loader.rank,
+            world_size=loader.world_size,
+            seed=loader.seed,
+            shuffle=loader.shuffle,
+            loop=loader.loop,
+            window=loader.window,
+        )
 
     def __iter__(self):
         info = tud.get_worker_info()
@@ -269,4 +288,3 @@ class _WorkerStream(tud.IterableDataset):
         while self.end is None or k < self.end:
             yield loader.batch(k)
             k += nw
-

@@ -22,6 +22,7 @@ training (mix again, or train on several loaders).
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def load_mix_config(path: str | Path) -> dict:
 def _multiply(rows: np.ndarray, weight: float, rng: np.random.Generator) -> np.ndarray:
     """floor(w) copies of every row plus one more of a random round(frac(w)*n) of them."""
     whole = int(np.floor(weight))
-    extra = int(round((weight - whole) * len(rows)))
+    extra = round((weight - whole) * len(rows))
     picked = rng.choice(rows, size=extra, replace=False) if extra else rows[:0]
     return np.sort(np.concatenate([np.repeat(rows, whole), picked]))
 
@@ -109,20 +110,34 @@ def plan_mix(sources: Sequence[Source], val_fraction: float, seed: int) -> list[
         # keyed by the source's name, so adding a source does not change the others' split
         rng = np.random.default_rng([seed, zlib.crc32(s.name.encode())])
         perm = rng.permutation(n)
-        n_val = int(round(val_fraction * n))
+        n_val = round(val_fraction * n)
         splits = {}
         for split, rows in (("val", np.sort(perm[:n_val])), ("train", np.sort(perm[n_val:]))):
             chosen = _multiply(rows, s.weight, rng)
             bounds = np.concatenate([[0], np.cumsum(counts)])
-            per_file = [chosen[(chosen >= lo) & (chosen < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+            per_file = [chosen[(chosen >= lo) & (chosen < hi)] - lo for lo, hi in itertools.pairwise(bounds)]
             splits[split] = per_file
-        plans.append({"source": s, "manifest": m, "files": [str(Path(s.path) / f["name"]) for f in m["files"]],
-                      "rows": n, "splits": splits})
+        plans.append(
+            {
+                "source": s,
+                "manifest": m,
+                "files": [str(Path(s.path) / f["name"]) for f in m["files"]],
+                "rows": n,
+                "splits": splits,
+            }
+        )
     return plans
 
 
-def mix_sources(sources: Sequence[Source], out_dir: str | Path, *, val_fraction: float = 0.05, seed: int = 0,
-                rows_per_file: int | None = None, row_group_rows: int | None = None) -> dict[str, dict]:
+def mix_sources(
+    sources: Sequence[Source],
+    out_dir: str | Path,
+    *,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    rows_per_file: int | None = None,
+    row_group_rows: int | None = None,
+) -> dict[str, dict]:
     """Write OUT/train and OUT/val (shuffled packed datasets) and OUT/mix.json; return manifests."""
     import shutil
 
@@ -143,14 +158,33 @@ def mix_sources(sources: Sequence[Source], out_dir: str | Path, *, val_fraction:
                     continue
                 raise HuginnError(f"the {split} split is empty; use more data, larger weights or another val_fraction")
             # distinct seeds per split so the two orders are unrelated
-            result[split] = write_shuffled(files, copies, out / split, base_manifest=base, seed=seed * 2 + i,
-                                           rows_per_file=rows_per_file, row_group_rows=row_group_rows,
-                                           extra={"split": split})
-        _atomic_write_json(out / "mix.json", {
-            "seed": seed, "val_fraction": val_fraction,
-            "sources": [{"name": p["source"].name, "path": p["source"].path, "weight": p["source"].weight,
-                         "rows": p["rows"], **{f"{k}_rows": int(sum(len(c) for c in v)) for k, v in p["splits"].items()}}
-                        for p in plans]})
+            result[split] = write_shuffled(
+                files,
+                copies,
+                out / split,
+                base_manifest=base,
+                seed=seed * 2 + i,
+                rows_per_file=rows_per_file,
+                row_group_rows=row_group_rows,
+                extra={"split": split},
+            )
+        _atomic_write_json(
+            out / "mix.json",
+            {
+                "seed": seed,
+                "val_fraction": val_fraction,
+                "sources": [
+                    {
+                        "name": p["source"].name,
+                        "path": p["source"].path,
+                        "weight": p["source"].weight,
+                        "rows": p["rows"],
+                        **{f"{k}_rows": int(sum(len(c) for c in v)) for k, v in p["splits"].items()},
+                    }
+                    for p in plans
+                ],
+            },
+        )
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)

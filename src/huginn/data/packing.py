@@ -143,7 +143,7 @@ class ShardWriter:
             take = min(self.row_group_rows, room, len(allrows) - start)
             if take < min(self.row_group_rows, room) and not final:
                 break  # wait for a full row group
-            self._flush(allrows[start:start + take])
+            self._flush(allrows[start : start + take])
             start += take
         rest = allrows[start:]
         self._pending = [rest] if len(rest) else []

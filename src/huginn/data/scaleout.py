@@ -113,8 +113,17 @@ def tokenize_with_datatrove(
         from huginn.errors import one_of
 
         raise one_of("datatrove executor", executor, _EXECUTORS)
-    prepare_job(inputs, tokenizer_dir, out_dir, text_column=text_column, seq_len=seq_len, rows_per_file=rows_per_file,
-                row_group_rows=row_group_rows, unit_bytes=unit_bytes, add_bos=add_bos)
+    prepare_job(
+        inputs,
+        tokenizer_dir,
+        out_dir,
+        text_column=text_column,
+        seq_len=seq_len,
+        rows_per_file=rows_per_file,
+        row_group_rows=row_group_rows,
+        unit_bytes=unit_bytes,
+        add_bos=add_bos,
+    )
     cls = getattr(dx, _EXECUTORS[executor])
     logs = str(logging_dir or Path(out_dir) / ".progress" / "datatrove")
     kw = dict(executor_kwargs or {})
@@ -124,7 +133,12 @@ def tokenize_with_datatrove(
     pack = cls(pipeline=[PackUnits(str(out_dir))], tasks=tasks, logging_dir=f"{logs}/pack", **kw)
     if executor == "slurm":
         kw.setdefault("job_name", "huginn-manifest")
-    final = cls(pipeline=[WriteManifest(str(out_dir))], tasks=1, logging_dir=f"{logs}/manifest", depends=pack,
-                **{k: v for k, v in kw.items() if k != "workers"})
+    final = cls(
+        pipeline=[WriteManifest(str(out_dir))],
+        tasks=1,
+        logging_dir=f"{logs}/manifest",
+        depends=pack,
+        **{k: v for k, v in kw.items() if k != "workers"},
+    )
     final.run()  # runs `pack` first (its dependency)
     return read_manifest(out_dir) if (Path(out_dir) / MANIFEST).exists() else None

@@ -39,9 +39,13 @@ def check_compatible(manifests: Sequence[dict], names: Sequence[str]) -> dict:
     first = manifests[0]
     for m, n in zip(manifests[1:], names[1:]):
         if m["row_len"] != first["row_len"]:
-            raise HuginnError(f"{n} has rows of {m['row_len']} ids but {names[0]} has {first['row_len']}; tokenize all sources with the same --seq-len")
+            raise HuginnError(
+                f"{n} has rows of {m['row_len']} ids but {names[0]} has {first['row_len']}; tokenize all sources with the same --seq-len"
+            )
         if m["tokenizer"]["sha256"] != first["tokenizer"]["sha256"]:
-            raise HuginnError(f"{n} and {names[0]} were tokenized with different tokenizers; re-tokenize with one tokenizer")
+            raise HuginnError(
+                f"{n} and {names[0]} were tokenized with different tokenizers; re-tokenize with one tokenizer"
+            )
     return first
 
 
@@ -94,7 +98,7 @@ def write_shuffled(
 
         offset = 0
         for (path, source), rows_sel in zip(files, copies):
-            pos_sel = positions[offset: offset + len(rows_sel)]
+            pos_sel = positions[offset : offset + len(rows_sel)]
             offset += len(rows_sel)
             if len(rows_sel) == 0:
                 continue
@@ -109,7 +113,9 @@ def write_shuffled(
                 if b > a:
                     data = table_to_rows(pf.read_row_group(g, columns=[COLUMN]))
                     if data.shape[1] != row_len:
-                        raise HuginnError(f"{path} has rows of {data.shape[1]} ids, expected {row_len}; its manifest does not match")
+                        raise HuginnError(
+                            f"{path} has rows of {data.shape[1]} ids, expected {row_len}; its manifest does not match"
+                        )
                     picked, pos = data[rows_sorted[a:b] - start], pos_sorted[a:b]
                     toks = (picked != pad).sum(axis=1)
                     src["rows"] += len(picked)
@@ -136,8 +142,16 @@ def write_shuffled(
         for r in records:
             os.replace(tmp / r["name"], out / r["name"])
         manifest = {k: base_manifest[k] for k in ("format", "version", "column", "seq_len", "row_len", "tokenizer")}
-        manifest.update({"rows": total, "tokens": int(stats["tokens"].sum()), "files": records,
-                         "sources": stats["sources"], "shuffle_seed": seed, **(extra or {})})
+        manifest.update(
+            {
+                "rows": total,
+                "tokens": int(stats["tokens"].sum()),
+                "files": records,
+                "sources": stats["sources"],
+                "shuffle_seed": seed,
+                **(extra or {}),
+            }
+        )
         _atomic_write_json(out / MANIFEST, manifest)
     except BaseException:
         if created:
@@ -148,9 +162,15 @@ def write_shuffled(
     return manifest
 
 
-def shuffle_datasets(datasets: Sequence[str | Path], out_dir: str | Path, *, seed: int = 0,
-                     rows_per_file: int | None = None, row_group_rows: int | None = None,
-                     buffer_bytes: int = 256 << 20) -> dict:
+def shuffle_datasets(
+    datasets: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    rows_per_file: int | None = None,
+    row_group_rows: int | None = None,
+    buffer_bytes: int = 256 << 20,
+) -> dict:
     """Every row of `datasets`, once, in one seeded global order across all files."""
     manifests, files = [], []
     for d in datasets:
@@ -158,6 +178,13 @@ def shuffle_datasets(datasets: Sequence[str | Path], out_dir: str | Path, *, see
         manifests.append(m)
         files += fs
     base = check_compatible(manifests, [str(d) for d in datasets])
-    return write_shuffled([(p, s) for p, _, s in files], [np.arange(n) for _, n, _ in files], out_dir,
-                          base_manifest=base, seed=seed, rows_per_file=rows_per_file, row_group_rows=row_group_rows,
-                          buffer_bytes=buffer_bytes)
+    return write_shuffled(
+        [(p, s) for p, _, s in files],
+        [np.arange(n) for _, n, _ in files],
+        out_dir,
+        base_manifest=base,
+        seed=seed,
+        rows_per_file=rows_per_file,
+        row_group_rows=row_group_rows,
+        buffer_bytes=buffer_bytes,
+    )

@@ -43,18 +43,24 @@ def open_parquet(path: str | Path, column: str | None = None):
         raise HuginnError(f"input {path} is a directory; pass parquet files or the directory itself as --input")
     try:
         pf = pq.ParquetFile(str(p))
-    except Exception as err:  # noqa: BLE001 - arrow raises several types for bad files
+    except Exception as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise HuginnError(f"input {path} is not a readable parquet file ({reason}); convert it to parquet or drop it") from None
+        raise HuginnError(
+            f"input {path} is not a readable parquet file ({reason}); convert it to parquet or drop it"
+        ) from None
     if column is not None:
         names = pf.schema_arrow.names
         if column not in names:
-            raise HuginnError(f"input {path} has no column {column!r}; available columns: {', '.join(names)} (pick one with --text-column)")
+            raise HuginnError(
+                f"input {path} has no column {column!r}; available columns: {', '.join(names)} (pick one with --text-column)"
+            )
         import pyarrow as pa
 
         typ = pf.schema_arrow.field(column).type
         if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
-            raise HuginnError(f"column {column!r} of {path} has type {typ}, not text; pick a text column with --text-column")
+            raise HuginnError(
+                f"column {column!r} of {path} has type {typ}, not text; pick a text column with --text-column"
+            )
     return pf
 
 
@@ -96,7 +102,9 @@ def resolve_inputs(specs: Sequence[str], text_column: str) -> list[InputFile]:
             meta = pf.metadata
             col = pf.schema_arrow.names.index(text_column)
             rgs = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-            sizes = tuple(max(1, meta.row_group(i).column(col).total_uncompressed_size) for i in range(meta.num_row_groups))
+            sizes = tuple(
+                max(1, meta.row_group(i).column(col).total_uncompressed_size) for i in range(meta.num_row_groups)
+            )
             out.append(InputFile(str(f), name or Path(f).stem, rgs, sizes))
     if sum(f.num_rows for f in out) == 0:
         raise HuginnError(f"the input ({', '.join(specs)}) has no rows; pass non-empty parquet files")

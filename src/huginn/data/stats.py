@@ -41,12 +41,21 @@ def dataset_stats(dataset: str | Path, *, tokenizer_dir: str | Path | None = Non
         t = load_tokenizer(tokenizer_dir)
         names = [t.id_to_token(int(i)) for i in order]
     return {
-        "dataset": str(dataset), "seq_len": m["seq_len"], "files": len(m["files"]), "rows": rows, "tokens": tokens,
-        "documents": docs, "mean_document_tokens": tokens / docs if docs else None,
-        "bos": int(hist[bos]) if bos is not None else None, "pad": int(hist[pad]),
+        "dataset": str(dataset),
+        "seq_len": m["seq_len"],
+        "files": len(m["files"]),
+        "rows": rows,
+        "tokens": tokens,
+        "documents": docs,
+        "mean_document_tokens": tokens / docs if docs else None,
+        "bos": int(hist[bos]) if bos is not None else None,
+        "pad": int(hist[pad]),
         "pad_fraction": float(hist[pad] / max(1, rows * m["row_len"])),
-        "ids_used": int((hist > 0).sum()), "vocab_size": tok["vocab_size"],
-        "top": [{"id": int(i), "count": int(hist[i]), **({"token": names[k]} if names else {})} for k, i in enumerate(order)],
+        "ids_used": int((hist > 0).sum()),
+        "vocab_size": tok["vocab_size"],
+        "top": [
+            {"id": int(i), "count": int(hist[i]), **({"token": names[k]} if names else {})} for k, i in enumerate(order)
+        ],
         "sources": m.get("sources", {}),
         "matches_manifest": rows == m["rows"] and tokens == m["tokens"],
     }

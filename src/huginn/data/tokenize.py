@@ -79,8 +79,15 @@ def default_row_group_rows(seq_len: int, target_bytes: int = 8 << 20) -> int:
     return max(1, target_bytes // (4 * (seq_len + 1)))
 
 
-def make_settings(tokenizer_dir: str | Path, text_column: str, seq_len: int, *, rows_per_file: int | None = None,
-                  row_group_rows: int | None = None, add_bos: bool = True) -> PackSettings:
+def make_settings(
+    tokenizer_dir: str | Path,
+    text_column: str,
+    seq_len: int,
+    *,
+    rows_per_file: int | None = None,
+    row_group_rows: int | None = None,
+    add_bos: bool = True,
+) -> PackSettings:
     from huginn.data.tokenizer import load_tokenizer, tokenizer_ids
 
     if seq_len < 1:
@@ -92,8 +99,18 @@ def make_settings(tokenizer_dir: str | Path, text_column: str, seq_len: int, *, 
     rgr = min(row_group_rows or default_row_group_rows(seq_len), rpf)
     if rpf < 1 or rgr < 1:
         raise HuginnError("--rows-per-file and row group rows must be positive")
-    return PackSettings(str(Path(tokenizer_dir).resolve()), sha, text_column, seq_len, rpf, rgr,
-                        ids["bos"] if add_bos else None, ids["eos"], ids["pad"], tok.get_vocab_size(with_added_tokens=True))
+    return PackSettings(
+        str(Path(tokenizer_dir).resolve()),
+        sha,
+        text_column,
+        seq_len,
+        rpf,
+        rgr,
+        ids["bos"] if add_bos else None,
+        ids["eos"],
+        ids["pad"],
+        tok.get_vocab_size(with_added_tokens=True),
+    )
 
 
 def plan_units(files: Sequence[InputFile], unit_bytes: int = 64 << 20, min_units: int = 1) -> list[Unit]:
@@ -143,7 +160,9 @@ def run_unit(unit: Unit, settings: PackSettings, out_dir: str, batch_bytes: int 
     col = pf.schema_arrow.names.index(settings.text_column)
     row_len = settings.seq_len + 1
     packer = RowPacker(row_len)
-    writer = ShardWriter(out, f"{unit.index:05d}", row_len, settings.rows_per_file, settings.row_group_rows, settings.pad)
+    writer = ShardWriter(
+        out, f"{unit.index:05d}", row_len, settings.rows_per_file, settings.row_group_rows, settings.pad
+    )
     docs = chars = 0
     try:
         for rg in unit.row_groups:
@@ -165,13 +184,20 @@ def run_unit(unit: Unit, settings: PackSettings, out_dir: str, batch_bytes: int 
         raise
     for f in files:
         f["source"] = unit.source
-    record = {"unit": asdict(unit), "files": files, "documents": docs, "chars": chars,
-              "rows": sum(f["rows"] for f in files), "tokens": sum(f["tokens"] for f in files)}
+    record = {
+        "unit": asdict(unit),
+        "files": files,
+        "documents": docs,
+        "chars": chars,
+        "rows": sum(f["rows"] for f in files),
+        "tokens": sum(f["tokens"] for f in files),
+    }
     _atomic_write_json(out / PROGRESS / f"unit-{unit.index:05d}.json", record)
     return record
 
 
 # ----------------------------------------------------------------------------- the job
+
 
 def _job_record(settings: PackSettings, units: Sequence[Unit]) -> dict:
     return {"settings": asdict(settings), "units": [asdict(u) for u in units]}
@@ -192,8 +218,9 @@ def prepare_job(
     """Validate everything, plan the units and record the job in OUT/.progress/job.json (or check
     that a job found there is this one). Nothing is written when any input is bad."""
     files = resolve_inputs(inputs, text_column)  # validates everything before writing anything
-    settings = make_settings(tokenizer_dir, text_column, seq_len, rows_per_file=rows_per_file,
-                             row_group_rows=row_group_rows, add_bos=add_bos)
+    settings = make_settings(
+        tokenizer_dir, text_column, seq_len, rows_per_file=rows_per_file, row_group_rows=row_group_rows, add_bos=add_bos
+    )
     # the plan must not depend on --workers: output bytes and resume are the same for any count
     units = plan_units(files, unit_bytes, min_units=MIN_UNITS)
     out = Path(out_dir)
@@ -203,7 +230,9 @@ def prepare_job(
     job_path = out / PROGRESS / "job.json"
     if job_path.exists():
         if json.loads(job_path.read_text()) != json.loads(json.dumps(job)):
-            raise HuginnError(f"{out} holds a tokenize job with other inputs or settings; use a new --out or delete {out}")
+            raise HuginnError(
+                f"{out} holds a tokenize job with other inputs or settings; use a new --out or delete {out}"
+            )
     elif out.exists() and any(out.iterdir()):
         raise HuginnError(f"--out {out} is not empty and holds no tokenize job; use a new directory")
     (out / PROGRESS).mkdir(parents=True, exist_ok=True)
@@ -255,15 +284,30 @@ def tokenize_parquet(
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Tokenize and pack `inputs` into `out_dir`; returns the manifest. Resumes a stopped job."""
-    settings, units, files = prepare_job(inputs, tokenizer_dir, out_dir, text_column=text_column, seq_len=seq_len,
-                                         rows_per_file=rows_per_file, row_group_rows=row_group_rows,
-                                         unit_bytes=unit_bytes, add_bos=add_bos)
+    settings, units, files = prepare_job(
+        inputs,
+        tokenizer_dir,
+        out_dir,
+        text_column=text_column,
+        seq_len=seq_len,
+        rows_per_file=rows_per_file,
+        row_group_rows=row_group_rows,
+        unit_bytes=unit_bytes,
+        add_bos=add_bos,
+    )
     out = Path(out_dir)
     _, _, records = load_job(out)
     todo = [u for u in units if u.index not in records]
     if progress:
-        progress({"event": "start", "units": len(units), "todo": len(todo), "skipped": len(records),
-                  "bytes": sum(sum(f.text_bytes) for f in files)})
+        progress(
+            {
+                "event": "start",
+                "units": len(units),
+                "todo": len(todo),
+                "skipped": len(records),
+                "bytes": sum(sum(f.text_bytes) for f in files),
+            }
+        )
     try:
         for rec in _run_units(todo, settings, str(out), workers):
             if progress:
@@ -285,8 +329,9 @@ def _run_units(todo: Sequence[Unit], settings: PackSettings, out: str, workers: 
     # each, via `import huginn`); workers never touch torch, and they switch the tokenizer's
     # thread pool off, so the usual fork hazards do not apply.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_init,
-                             initargs=(settings.tokenizer_dir, False)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context(method), initializer=_worker_init, initargs=(settings.tokenizer_dir, False)
+    ) as pool:
         futures = [pool.submit(run_unit, u, settings, out) for u in todo]
         try:
             for fut in as_completed(futures):
@@ -310,12 +355,26 @@ def build_manifest(settings: PackSettings, records: Sequence[dict]) -> dict:
         s["tokens"] += r["tokens"]
         s["documents"] += r["documents"]
     return {
-        "format": FORMAT, "version": 1, "column": COLUMN, "seq_len": settings.seq_len, "row_len": settings.seq_len + 1,
-        "tokenizer": {"path": settings.tokenizer_dir, "sha256": settings.tokenizer_sha256, "vocab_size": settings.vocab_size,
-                      "bos": settings.bos, "eos": settings.eos, "pad": settings.pad},
-        "rows": sum(f["rows"] for f in out_files), "tokens": sum(f["tokens"] for f in out_files),
-        "documents": sum(r["documents"] for r in records), "chars": sum(r.get("chars", 0) for r in records),
-        "files": out_files, "sources": sources, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "format": FORMAT,
+        "version": 1,
+        "column": COLUMN,
+        "seq_len": settings.seq_len,
+        "row_len": settings.seq_len + 1,
+        "tokenizer": {
+            "path": settings.tokenizer_dir,
+            "sha256": settings.tokenizer_sha256,
+            "vocab_size": settings.vocab_size,
+            "bos": settings.bos,
+            "eos": settings.eos,
+            "pad": settings.pad,
+        },
+        "rows": sum(f["rows"] for f in out_files),
+        "tokens": sum(f["tokens"] for f in out_files),
+        "documents": sum(r["documents"] for r in records),
+        "chars": sum(r.get("chars", 0) for r in records),
+        "files": out_files,
+        "sources": sources,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
 
@@ -325,8 +384,12 @@ def read_manifest(path: str | Path) -> dict:
     m = p / MANIFEST
     if not m.is_file():
         if (p / PROGRESS).is_dir():
-            raise HuginnError(f"{p} is an unfinished tokenize job; rerun the same `huginn data tokenize` command to finish it")
-        raise HuginnError(f"{p} has no {MANIFEST}; pass a directory written by `huginn data tokenize`, `mix` or `shuffle`")
+            raise HuginnError(
+                f"{p} is an unfinished tokenize job; rerun the same `huginn data tokenize` command to finish it"
+            )
+        raise HuginnError(
+            f"{p} has no {MANIFEST}; pass a directory written by `huginn data tokenize`, `mix` or `shuffle`"
+        )
     manifest = json.loads(m.read_text())
     if manifest.get("format") != FORMAT:
         raise HuginnError(f"{m} is not a huginn packed-data manifest")

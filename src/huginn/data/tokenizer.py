@@ -24,10 +24,29 @@ from huginn.errors import HuginnError
 
 # The first 32 of the reference's special-token list, in its order (ids V-32 .. V-1).
 SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|begin_text|>", "<|end_text|>", "<|begin_header|>", "<|end_header|>", "<|end_turn|>", "<|pad|>",
-    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|...|>", "<|del|>",
+    "<|begin_text|>",
+    "<|end_text|>",
+    "<|begin_header|>",
+    "<|end_header|>",
+    "<|end_turn|>",
+    "<|pad|>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|...|>",
+    "<|del|>",
     *(f"<|c_{i}|>" for i in range(10)),
-    "<|?|>", "<|&|>", "<|!|>", "<|-|>", "<|+|>", "<|interrupt|>", "<|>>-|>", "<|-<<|>", "<|->>|>", "<|<<-|>",
+    "<|?|>",
+    "<|&|>",
+    "<|!|>",
+    "<|-|>",
+    "<|+|>",
+    "<|interrupt|>",
+    "<|>>-|>",
+    "<|-<<|>",
+    "<|->>|>",
+    "<|<<-|>",
 )
 assert len(SPECIAL_TOKENS) == 32
 BOS, EOS, PAD, END_TURN = "<|begin_text|>", "<|end_text|>", "<|pad|>", "<|end_turn|>"
@@ -71,14 +90,18 @@ def train_tokenizer(
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < MIN_VOCAB_SIZE:
-        raise HuginnError(f"--vocab-size {vocab_size} is too small; use at least {MIN_VOCAB_SIZE} (256 bytes + 32 special tokens)")
+        raise HuginnError(
+            f"--vocab-size {vocab_size} is too small; use at least {MIN_VOCAB_SIZE} (256 bytes + 32 special tokens)"
+        )
     n_regular = vocab_size - len(SPECIAL_TOKENS)
     tok = Tokenizer(models.BPE())
     # digits first become single-character pieces, then GPT-2 byte-level splitting on the rest
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=n_regular,
@@ -127,10 +150,12 @@ def load_tokenizer(tokenizer_dir: str | Path):
 
     path = Path(tokenizer_dir) / "tokenizer.json"
     if not path.is_file():
-        raise HuginnError(f"no tokenizer.json in {tokenizer_dir}; pass a directory written by `huginn data train-tokenizer` or `save_pretrained`")
+        raise HuginnError(
+            f"no tokenizer.json in {tokenizer_dir}; pass a directory written by `huginn data train-tokenizer` or `save_pretrained`"
+        )
     try:
         return Tokenizer.from_file(str(path))
-    except Exception as err:  # noqa: BLE001 - any parse failure is a bad file for the user
+    except Exception as err:
         raise HuginnError(f"cannot read {path}: {str(err).splitlines()[0]}; re-create the tokenizer") from None
 
 

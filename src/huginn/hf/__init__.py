@@ -17,11 +17,11 @@ AutoConfig.register("huginn_raven", RavenConfig, exist_ok=True)
 AutoModelForCausalLM.register(RavenConfig, RavenForCausalLM, exist_ok=True)
 
 __all__ = [
+    "CausalLMOutputRecurrentLatents",
+    "HuginnConfig",
+    "HuginnDynamicCache",
+    "HuginnForCausalLM",
     "RavenConfig",
     "RavenForCausalLM",
     "RavenPreTrainedModel",
-    "HuginnConfig",
-    "HuginnForCausalLM",
-    "HuginnDynamicCache",
-    "CausalLMOutputRecurrentLatents",
 ]

@@ -52,7 +52,11 @@ PUBLISHED_DEFAULTS: dict[str, Any] = {
 }
 # our extensions: written only when set
 EXTENSION_DEFAULTS: dict[str, Any] = {
-    "rope_scaling_config": None, "qk_norm": False, "embed_scale": None, "init_std": None, "coda_input_norm": True,
+    "rope_scaling_config": None,
+    "qk_norm": False,
+    "embed_scale": None,
+    "init_std": None,
+    "coda_input_norm": True,
 }
 
 
@@ -75,7 +79,9 @@ class RavenConfig(PretrainedConfig):
         self.rope_base = kwargs.pop("rope_base", 50_000)
         self.num_key_value_heads = kwargs.pop("num_key_value_heads", self.n_heads)
         self.head_dim = kwargs.pop("head_dim", self.n_embd // self.n_heads)
-        self.padded_vocab_size = kwargs.pop("padded_vocab_size", None) or _find_multiple(self.vocab_size, self.padding_multiple)
+        self.padded_vocab_size = kwargs.pop("padded_vocab_size", None) or _find_multiple(
+            self.vocab_size, self.padding_multiple
+        )
         self.test_time_noise = kwargs.pop("test_time_noise", 0)
         self.test_time_noise_type = kwargs.pop("test_time_noise_type", "fixed")
         self.effective_expected_depth = (
@@ -132,7 +138,7 @@ class RavenConfig(PretrainedConfig):
         )
 
     @classmethod
-    def from_model_config(cls, mc: ModelConfig, **kwargs: Any) -> "RavenConfig":
+    def from_model_config(cls, mc: ModelConfig, **kwargs: Any) -> RavenConfig:
         fields = dict(
             n_embd=mc.n_embd,
             n_heads=mc.n_heads,
@@ -168,8 +174,17 @@ class RavenConfig(PretrainedConfig):
         # Write every published field (as the reference does), not only those that differ from defaults.
         out = super().to_diff_dict()
         full = self.to_dict()
-        for key in [*PUBLISHED_DEFAULTS, "rope_base", "num_key_value_heads", "head_dim", "padded_vocab_size",
-                    "effective_expected_depth", "init_values", "test_time_noise", "test_time_noise_type"]:
+        for key in [
+            *PUBLISHED_DEFAULTS,
+            "rope_base",
+            "num_key_value_heads",
+            "head_dim",
+            "padded_vocab_size",
+            "effective_expected_depth",
+            "init_values",
+            "test_time_noise",
+            "test_time_noise_type",
+        ]:
             out[key] = full[key]
         for key, default in EXTENSION_DEFAULTS.items():
             if full.get(key) == default:

@@ -103,7 +103,9 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
         elif cache is not None and not use_cache and use_cache is not None:
             cache = None
         if cache is not None and not hasattr(cache, "key_cache") and not getattr(cache, "is_huginn_cache", False):
-            raise HuginnError(f"{type(cache).__name__} cannot hold a recurrent model's cache; pass a HuginnDynamicCache or none")
+            raise HuginnError(
+                f"{type(cache).__name__} cannot hold a recurrent model's cache; pass a HuginnDynamicCache or none"
+            )
         out = RecurrentLM.forward(
             self,
             input_ids,
@@ -119,7 +121,9 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
         loss = log_ppl = None
         if labels is not None:
             logits = out.logits
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), ignore_index=-100
+            )
             log_ppl = loss.detach().clone()
         return CausalLMOutputRecurrentLatents(
             loss=loss,
@@ -167,7 +171,9 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
             if unexpected:
                 parts.append(f"unexpected weights {_names(unexpected)}")
             if mismatched:
-                parts.append(f"weights of the wrong shape {_names([m[0] if isinstance(m, tuple) else m for m in mismatched])}")
+                parts.append(
+                    f"weights of the wrong shape {_names([m[0] if isinstance(m, tuple) else m for m in mismatched])}"
+                )
             raise HuginnError(f"checkpoint does not match its config.json: {'; '.join(parts)}")
         if "freqs_cis" in info.get("missing_keys", ()):
             mc = model.model_config

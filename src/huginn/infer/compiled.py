@@ -38,8 +38,8 @@ import logging
 import types
 import warnings
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -108,15 +108,22 @@ def compiled_graph(name: str):
     return _compiled[name]
 
 
-def _frozen_token_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, num_steps: int) -> tuple[Tensor, Tensor]:
+def _frozen_token_call(
+    model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, num_steps: int
+) -> tuple[Tensor, Tensor]:
     return _token_call(model, ids, state, rope, kv, num_steps)  # its own code object: its own dynamo cache
 
 
 # Inductor options of a frozen graph: its constant weights are prepacked for inductor's own GEMM
 # kernels (AMX tiles for bf16 where the CPU has them). Autotuning tables are not printed: they
 # would land in the middle of a CLI's output.
-FROZEN = {"cpp_wrapper": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
-          "max_autotune_report_choices_stats": False, "autotune_num_choices_displayed": 0}
+FROZEN = {
+    "cpp_wrapper": True,
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "CPP,ATEN",
+    "max_autotune_report_choices_stats": False,
+    "autotune_num_choices_displayed": 0,
+}
 
 
 class FrozenGraph:
@@ -151,7 +158,7 @@ def weights_key(model: nn.Module) -> tuple:
     return tuple((t.data_ptr(), t.dtype, t._version) for t in (*model.parameters(), *model.buffers()))
 
 
-_frozen: "weakref.WeakKeyDictionary[nn.Module, FrozenGraph]" = weakref.WeakKeyDictionary()
+_frozen: weakref.WeakKeyDictionary[nn.Module, FrozenGraph] = weakref.WeakKeyDictionary()
 
 
 def frozen_graph(model: nn.Module) -> FrozenGraph:
@@ -228,8 +235,9 @@ def slot_kv(cache, slot: int, col: Tensor, valid: Tensor) -> SlotKV:
     return SlotKV(cache.k[i], cache.v[i], col, valid)
 
 
-def decode_token(model, ids: Tensor, cache, num_steps: int, rope: Tensor, state: Tensor,
-                 attention_mask: Tensor | None, graph=None) -> tuple[Tensor, Tensor]:
+def decode_token(
+    model, ids: Tensor, cache, num_steps: int, rope: Tensor, state: Tensor, attention_mask: Tensor | None, graph=None
+) -> tuple[Tensor, Tensor]:
     """(logits (B, V), latents (B, 1, d)) of one token at fixed depth through the token graph
     (`graph`: a `FrozenGraph` instead of the shared one)."""
     c = cache

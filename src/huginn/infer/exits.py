@@ -134,7 +134,9 @@ class ArgmaxStability(_Threshold):
     def __init__(self, threshold: float | str = "auto"):
         super().__init__(threshold)
         if not float(self.threshold).is_integer():
-            raise HuginnError(f"exit_threshold for argmax-stability is a count of steps (an integer), got {threshold!r}")
+            raise HuginnError(
+                f"exit_threshold for argmax-stability is a count of steps (an integer), got {threshold!r}"
+            )
 
     def reset(self, state: Tensor, mask: Tensor | None) -> None:
         self.prev = torch.full((state.shape[0],), -1, dtype=torch.long, device=state.device)
@@ -157,18 +159,18 @@ class Never:
         return torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)
 
 
-CRITERIA: dict[str, type] = {
-    c.name: c for c in (EntropyDiff, LatentDiff, KL, MinPKL, ArgmaxStability, Cosine, Never)
-}
+CRITERIA: dict[str, type] = {c.name: c for c in (EntropyDiff, LatentDiff, KL, MinPKL, ArgmaxStability, Cosine, Never)}
 
 
-def make_criterion(criterion: "str | ExitCriterion | None", threshold: float | str | None = "auto") -> ExitCriterion | None:
+def make_criterion(
+    criterion: str | ExitCriterion | None, threshold: float | str | None = "auto"
+) -> ExitCriterion | None:
     """A criterion object from a name (+ threshold), or the object itself; None/"none" -> None."""
     if criterion is None or criterion == "none":
         return None
     if isinstance(criterion, str):
         if criterion not in CRITERIA:
-            raise one_of("exit criterion", criterion, [n for n in CRITERIA])
+            raise one_of("exit criterion", criterion, list(CRITERIA))
         return CRITERIA[criterion](threshold if threshold is not None else "auto")
     if not isinstance(criterion, ExitCriterion):
         raise HuginnError(

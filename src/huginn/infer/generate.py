@@ -71,7 +71,9 @@ class TokenResult:
 @dataclass
 class Generation:
     sequences: Tensor  # (B, prompt + new)
-    compute_steps: Tensor  # (B, new) core steps spent on each new token (the first is the prefill's); 0 after a row stopped
+    compute_steps: (
+        Tensor  # (B, new) core steps spent on each new token (the first is the prefill's); 0 after a row stopped
+    )
     cache: HuginnStaticCache
     extras: dict = field(default_factory=dict)
 
@@ -108,7 +110,9 @@ def run_tokens(
     if compiled and can_compile(cache, S, freezes_rows=active is not None or (crit is not None and B > 1)):
         if crit is None and not all_logits:  # the whole token is one graph
             dtype = model.transformer.wte.weight.dtype
-            if input_states is None:  # drawn before the graph, as eager draws it (after the prelude, which draws nothing)
+            if (
+                input_states is None
+            ):  # drawn before the graph, as eager draws it (after the prelude, which draws nothing)
                 like = torch.empty(B, S, model.model_config.n_embd, dtype=dtype, device=ids.device)
                 state = model.initialize_state(like, depth.init_scale, generator)
             else:
@@ -200,17 +204,29 @@ def generate(
     graph = frozen_graph(model) if compile == "frozen" else None
     # a frozen graph holds its own packed weights, so the column-major layout is for `compile=True` only
     with decode_layout(model) if compile is True else nullcontext():
-        seqs, all_steps = _decode(model, res, seqs, mask, cache, depth, stopping, sampling, streamer, generator,
-                                  bool(compile), graph)
+        seqs, all_steps = _decode(
+            model, res, seqs, mask, cache, depth, stopping, sampling, streamer, generator, bool(compile), graph
+        )
     if streamer is not None:
         streamer.end()
     cache.finish()
     return Generation(seqs, torch.stack(all_steps, dim=1), cache)
 
 
-def _decode(model, res: TokenResult, seqs: Tensor, mask: Tensor | None, cache: HuginnStaticCache, depth: Depth,
-            stopping: Stopping, sampling: Sampling, streamer, generator, compile: bool,
-            graph=None) -> tuple[Tensor, list[Tensor]]:
+def _decode(
+    model,
+    res: TokenResult,
+    seqs: Tensor,
+    mask: Tensor | None,
+    cache: HuginnStaticCache,
+    depth: Depth,
+    stopping: Stopping,
+    sampling: Sampling,
+    streamer,
+    generator,
+    compile: bool,
+    graph=None,
+) -> tuple[Tensor, list[Tensor]]:
     """The token-by-token loop of `generate` from the prefill's result: (sequences, steps per token)."""
     B = seqs.shape[0]
     unfinished = torch.ones(B, dtype=torch.bool, device=seqs.device)
@@ -228,8 +244,18 @@ def _decode(model, res: TokenResult, seqs: Tensor, mask: Tensor | None, cache: H
         if i == stopping.max_new_tokens - 1 or not bool(unfinished.any()):
             break
         states = res.latents if depth.continuous else None
-        res = run_tokens(model, tok[:, None], cache, depth, mask, states, unfinished if depth.criterion and B > 1 else None,
-                         generator, compiled=compile, graph=graph)
+        res = run_tokens(
+            model,
+            tok[:, None],
+            cache,
+            depth,
+            mask,
+            states,
+            unfinished if depth.criterion and B > 1 else None,
+            generator,
+            compiled=compile,
+            graph=graph,
+        )
     return seqs, all_steps
 
 

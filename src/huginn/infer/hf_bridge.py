@@ -28,10 +28,27 @@ from huginn.infer.kv_cache import CachePolicy
 from huginn.infer.sampling import Sampling
 
 OUR_KWARGS = {
-    "num_steps", "init_scale", "criterion", "exit_threshold", "exit_evaluator", "min_steps",
-    "check_criterion_every_n_steps", "continuous_compute", "cache_lookup_strategy", "cache_kwargs",
-    "draft_steps", "lookahead_for_draft", "verification_threshold", "attention_mask", "streamer",
-    "tokenizer", "generator", "do_not_exit_in_prefill", "use_cache", "past_key_values", "compile",
+    "num_steps",
+    "init_scale",
+    "criterion",
+    "exit_threshold",
+    "exit_evaluator",
+    "min_steps",
+    "check_criterion_every_n_steps",
+    "continuous_compute",
+    "cache_lookup_strategy",
+    "cache_kwargs",
+    "draft_steps",
+    "lookahead_for_draft",
+    "verification_threshold",
+    "attention_mask",
+    "streamer",
+    "tokenizer",
+    "generator",
+    "do_not_exit_in_prefill",
+    "use_cache",
+    "past_key_values",
+    "compile",
 }
 
 
@@ -48,6 +65,7 @@ class HuginnGenerateOutput(GenerateDecoderOnlyOutput):
     acceptance_rate: float | None = None
 
     if CACHE_FIELD == "cache":
+
         @property
         def past_key_values(self):  # the model card's name, without transformers' deprecation warning
             return self.cache
@@ -96,7 +114,9 @@ def model_generate(model, input_ids: Tensor | None = None, generation_config: Ge
     if max_new is None:
         max_new = (gc.max_length or 20) - input_ids.shape[1]
     if not isinstance(max_new, int) or max_new < 1:
-        raise HuginnError(f"max_new_tokens must be >= 1, got {max_new!r} (max_length {gc.max_length} and a prompt of {input_ids.shape[1]})")
+        raise HuginnError(
+            f"max_new_tokens must be >= 1, got {max_new!r} (max_length {gc.max_length} and a prompt of {input_ids.shape[1]})"
+        )
     eos = gc.eos_token_id
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
     if isinstance(eos, Tensor):
@@ -119,15 +139,35 @@ def model_generate(model, input_ids: Tensor | None = None, generation_config: Ge
         from huginn.infer.speculative import speculative_generate
 
         if crit is not None:
-            raise HuginnError("speculative decoding runs a fixed num_steps; drop criterion/exit_threshold or draft_steps")
+            raise HuginnError(
+                "speculative decoding runs a fixed num_steps; drop criterion/exit_threshold or draft_steps"
+            )
         result = speculative_generate(
-            model, input_ids, depth, stopping, draft_steps=ours.get("draft_steps", max(1, num_steps // 4)),
-            lookahead=ours.get("lookahead_for_draft", 4), verification_threshold=ours.get("verification_threshold", 1.0),
-            sampling=sampling, attention_mask=attention_mask, policy=policy, streamer=ours.get("streamer"),
+            model,
+            input_ids,
+            depth,
+            stopping,
+            draft_steps=ours.get("draft_steps", max(1, num_steps // 4)),
+            lookahead=ours.get("lookahead_for_draft", 4),
+            verification_threshold=ours.get("verification_threshold", 1.0),
+            sampling=sampling,
+            attention_mask=attention_mask,
+            policy=policy,
+            streamer=ours.get("streamer"),
         )
     else:
-        result = generate(model, input_ids, depth, stopping, sampling, attention_mask, policy,
-                          streamer=ours.get("streamer"), generator=generator, compile=ours.get("compile", False))
+        result = generate(
+            model,
+            input_ids,
+            depth,
+            stopping,
+            sampling,
+            attention_mask,
+            policy,
+            streamer=ours.get("streamer"),
+            generator=generator,
+            compile=ours.get("compile", False),
+        )
     if gc.return_dict_in_generate:
         return HuginnGenerateOutput(
             sequences=result.sequences,
@@ -139,7 +179,9 @@ def model_generate(model, input_ids: Tensor | None = None, generation_config: Ge
 
 
 @torch.no_grad()
-def generate_with_adaptive_compute(model, input_ids: Tensor, generation_config: GenerationConfig | None = None, **kwargs):
+def generate_with_adaptive_compute(
+    model, input_ids: Tensor, generation_config: GenerationConfig | None = None, **kwargs
+):
     """The model card's name; `criterion` defaults to "none" (fixed depth), as published."""
     kwargs.setdefault("criterion", "none")
     return model_generate(model, input_ids, generation_config, **kwargs)

@@ -68,7 +68,7 @@ class CachePolicy:
             raise HuginnError(f"cache sharing {self.share!r} needs n >= 1, got {self.n!r}")
 
     @classmethod
-    def parse(cls, spec: "str | CachePolicy | None", n_core_layers: int = 4) -> "CachePolicy":
+    def parse(cls, spec: str | CachePolicy | None, n_core_layers: int = 4) -> CachePolicy:
         """Convert the reference's strings once, at the boundary: "full", "latest-m4", "available-m4",
         "skip", "compress-s16", "compress-r2", "latest-m4-compress-s16", ... (m must equal the core's
         layer count). Our own short form "s8" / "r2" / "latest" / "skip" is accepted too."""
@@ -77,7 +77,9 @@ class CachePolicy:
         if isinstance(spec, CachePolicy):
             return spec
         if not isinstance(spec, str):
-            raise HuginnError(f"cache policy must be a string like 'compress-s16' or a CachePolicy, got {type(spec).__name__}")
+            raise HuginnError(
+                f"cache policy must be a string like 'compress-s16' or a CachePolicy, got {type(spec).__name__}"
+            )
         text = spec.strip().lower()
         share, n, lookup = "none", 0, "latest"
         m = re.search(r"(?:^|-)(?:compress-)?([sr])(\d+)$", text)
@@ -164,12 +166,30 @@ class HuginnStaticCache(Cache):
         self._first_step: dict[int, int] = {}
 
     @classmethod
-    def for_model(cls, model, batch_size: int, max_steps: int, capacity: int, policy: CachePolicy | None = None,
-                  dtype: torch.dtype | None = None) -> "HuginnStaticCache":
+    def for_model(
+        cls,
+        model,
+        batch_size: int,
+        max_steps: int,
+        capacity: int,
+        policy: CachePolicy | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> HuginnStaticCache:
         cfg = model.model_config
         param = next(model.parameters())
-        return cls(cfg.n_layers_in_prelude, cfg.n_layers_in_recurrent_block, cfg.n_layers_in_coda, cfg.kv_heads,
-                   cfg.dim_head, batch_size, max_steps, capacity, policy, dtype or param.dtype, param.device)
+        return cls(
+            cfg.n_layers_in_prelude,
+            cfg.n_layers_in_recurrent_block,
+            cfg.n_layers_in_coda,
+            cfg.kv_heads,
+            cfg.dim_head,
+            batch_size,
+            max_steps,
+            capacity,
+            policy,
+            dtype or param.dtype,
+            param.device,
+        )
 
     # --- slot mapping -------------------------------------------------------------------------
     def storage_index(self, slot: int) -> int:
@@ -186,7 +206,7 @@ class HuginnStaticCache(Cache):
         """The storage index of a block call's `slot`, recording a core step when the slot is the
         first core layer of that step (every writer of the cache goes through here)."""
         i = self.storage_index(slot)
-        if self.P <= slot and (slot - self.P) % self.R == 0:
+        if slot >= self.P and (slot - self.P) % self.R == 0:
             self._record_step((slot - self.P) // self.R + 1)
         return i
 
@@ -210,11 +230,10 @@ class HuginnStaticCache(Cache):
             self.k[i, :, :, start:end] = torch.where(keep, key, self.k[i, :, :, start:end])
             self.v[i, :, :, start:end] = torch.where(keep, value, self.v[i, :, :, start:end])
         valid = None
-        if self.P <= slot:
-            if self.policy.lookup == "skip":
-                first = self._first_step_of(i)
-                if first >= self._min_finished_steps:
-                    valid = self._skip_mask(first)
+        if slot >= self.P and self.policy.lookup == "skip":
+            first = self._first_step_of(i)
+            if first >= self._min_finished_steps:
+                valid = self._skip_mask(first)
         return self.k[i, :, :, : self.length], self.v[i, :, :, : self.length], valid
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -287,8 +306,10 @@ class HuginnStaticCache(Cache):
                     if d not in written and d not in dst:
                         dst.append(d)
                         src.append(self.policy.core_slot((n - 1) * self.R + j))
-            self._fill_plans[n] = (torch.tensor(dst, dtype=torch.long, device=self.device) + self.P,
-                                   torch.tensor(src, dtype=torch.long, device=self.device) + self.P)
+            self._fill_plans[n] = (
+                torch.tensor(dst, dtype=torch.long, device=self.device) + self.P,
+                torch.tensor(src, dtype=torch.long, device=self.device) + self.P,
+            )
         return self._fill_plans[n]
 
     def _fill(self, n: int, row: int | None, start: int, end: int) -> None:
@@ -334,7 +355,9 @@ class HuginnStaticCache(Cache):
         if self.n_core_slots != old_slots:
             for name in ("k", "v"):
                 old = getattr(self, name)
-                new = torch.zeros(self.P + self.n_core_slots + self.C, *old.shape[1:], dtype=old.dtype, device=old.device)
+                new = torch.zeros(
+                    self.P + self.n_core_slots + self.C, *old.shape[1:], dtype=old.dtype, device=old.device
+                )
                 new[: self.P + old_slots] = old[: self.P + old_slots]
                 new[self.P + self.n_core_slots :] = old[self.P + old_slots :]
                 setattr(self, name, new)

@@ -69,12 +69,19 @@ def _load() -> bool:
     try:
         from torch.utils.cpp_extension import load
 
-        load(name=f"huginn_packed_linear_{_cpu_fingerprint()}", sources=[str(Path(__file__).with_suffix(".cpp"))],
-             extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
-             is_python_module=False, verbose=False)
+        load(
+            name=f"huginn_packed_linear_{_cpu_fingerprint()}",
+            sources=[str(Path(__file__).with_suffix(".cpp"))],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=False,
+        )
     except Exception as e:  # no compiler, no ninja, an unsupported platform: decode without it
-        log.warning("huginn's packed fp32 decoding kernel could not be built (%s); decoding uses BLAS instead",
-                    str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+        log.warning(
+            "huginn's packed fp32 decoding kernel could not be built (%s); decoding uses BLAS instead",
+            str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__,
+        )
         return False
 
     @torch.library.register_fake("huginn::packed_linear")
@@ -95,8 +102,10 @@ def pack(weight: Tensor) -> Tensor:
 def packed_linear(x: Tensor, packed: Tensor, n: int) -> Tensor:
     """x (..., K) @ W^T -> (..., n) through the kernel (built here if need be), W given packed (`pack`)."""
     if not available():
-        raise HuginnError("huginn's packed fp32 kernel is not available in this process (see the logged warning, "
-                          "or HUGINN_PACKED_LINEAR=0); use F.linear")
+        raise HuginnError(
+            "huginn's packed fp32 kernel is not available in this process (see the logged warning, "
+            "or HUGINN_PACKED_LINEAR=0); use F.linear"
+        )
     return torch.ops.huginn.packed_linear(x, packed, n)
 
 
@@ -110,8 +119,13 @@ def _forward(self: nn.Linear, x: Tensor) -> Tensor:  # only attached where the k
 def can_pack(linear: nn.Module) -> bool:
     """A CPU fp32 nn.Linear, while the kernel is available."""
     w = getattr(linear, "weight", None)
-    return (isinstance(linear, nn.Linear) and w is not None and w.device.type == "cpu" and w.dtype == torch.float32
-            and available())
+    return (
+        isinstance(linear, nn.Linear)
+        and w is not None
+        and w.device.type == "cpu"
+        and w.dtype == torch.float32
+        and available()
+    )
 
 
 def attach(linear: nn.Linear) -> None:

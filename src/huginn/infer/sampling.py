@@ -38,7 +38,7 @@ class Sampling:
             raise HuginnError("repetition_penalty must be > 0 (1.0 turns it off)")
 
     @classmethod
-    def from_generation_config(cls, gc) -> "Sampling":
+    def from_generation_config(cls, gc) -> Sampling:
         return cls(
             do_sample=bool(gc.do_sample),
             temperature=gc.temperature,

@@ -39,7 +39,7 @@ def speculative_generate(
     for name, v in (("draft_steps", draft_steps), ("lookahead_for_draft", lookahead)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise HuginnError(f"{name} must be an integer >= 1, got {v!r}")
-    if not isinstance(verification_threshold, (int, float)) or not 0 < verification_threshold:
+    if not isinstance(verification_threshold, (int, float)) or not verification_threshold > 0:
         raise HuginnError(f"verification_threshold must be a number in (0, 1], got {verification_threshold!r}")
     if sampling.do_sample or (sampling.repetition_penalty not in (None, 1.0)):
         raise HuginnError("speculative decoding is greedy only: set do_sample=False and no repetition_penalty")

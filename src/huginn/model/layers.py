@@ -10,8 +10,9 @@ Non-goals: KV-cache storage (a cache object is passed in through `AttentionConte
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,7 @@ class KVCache(Protocol):
         optional (B, S_kv) bool mask of valid key positions (None: all valid)."""
         ...
 
-    def get_seq_length(self) -> int:
-        ...
+    def get_seq_length(self) -> int: ...
 
 
 @dataclass
@@ -42,7 +42,7 @@ class AttentionContext:
     is_causal: bool  # with mask None: causal (S == S_kv) or full (S == 1)
     cache: KVCache | None = None
     # runs a group of blocks instead of `run_blocks` (compiled decoding: `huginn.infer.compiled`)
-    runner: Callable[[nn.ModuleList, Tensor, "AttentionContext", list[int]], Tensor] | None = None
+    runner: Callable[[nn.ModuleList, Tensor, AttentionContext, list[int]], Tensor] | None = None
 
 
 def run_blocks(blocks: nn.ModuleList, x: Tensor, ctx: AttentionContext, slots: list[int]) -> Tensor:

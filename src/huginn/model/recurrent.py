@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from huginn.config import ModelConfig
 from huginn.errors import HuginnError
 from huginn.model.init import init_weights
-from huginn.model.layers import BLOCKS, AttentionContext, KVCache, RMSNorm, causal_mask, run_blocks, rope_table
+from huginn.model.layers import BLOCKS, AttentionContext, KVCache, RMSNorm, causal_mask, rope_table, run_blocks
 
 Steps = int | tuple[int, int] | list[int]
 
@@ -109,7 +109,9 @@ class RecurrentLM(nn.Module):
             )
         if position_ids is None:
             if kv_len > block_size:
-                raise HuginnError(f"sequence of {kv_len} tokens is longer than the block size {block_size}; shorten the prompt")
+                raise HuginnError(
+                    f"sequence of {kv_len} tokens is longer than the block size {block_size}; shorten the prompt"
+                )
             if attention_mask is not None:
                 # left padding: every row's first real token gets position 0
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
@@ -135,7 +137,9 @@ class RecurrentLM(nn.Module):
             x = x * self.model_config.emb_scale
         return run_blocks(self.transformer.prelude, x, ctx, list(range(len(self.transformer.prelude))))
 
-    def initialize_state(self, e: Tensor, init_scale: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def initialize_state(
+        self, e: Tensor, init_scale: float | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Truncated-normal (+-3 sigma) noise with sigma = std * init_scale, times the embedding scale,
         shaped like `e` (only its shape, dtype and device are read)."""
         cfg = self.model_config

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -81,18 +82,32 @@ def retrofit(
         if not overwrite:
             raise HuginnError(f"output {str(out)!r} already exists; choose a new folder or pass --overwrite")
         if not (out / "config.json").exists():
-            raise HuginnError(f"refusing to overwrite {str(out)!r}: it is not empty and holds no checkpoint (config.json)")
+            raise HuginnError(
+                f"refusing to overwrite {str(out)!r}: it is not empty and holds no checkpoint (config.json)"
+            )
     progress(f"reading the config of {base}")
     spec = base_spec(load_base_config(base))
     layer_map = resolve_layer_map(spec.n_layers, prelude=prelude, core=core, coda=coda, shape=shape, name=map_name)
-    model_config_for(spec, layer_map, injection, mean_recurrence=mean_recurrence,
-                     mean_backprop_depth=mean_backprop_depth, block_size=block_size)  # shape errors now, not after loading
+    model_config_for(
+        spec,
+        layer_map,
+        injection,
+        mean_recurrence=mean_recurrence,
+        mean_backprop_depth=mean_backprop_depth,
+        block_size=block_size,
+    )  # shape errors now, not after loading
     progress(f"loading the base ({spec.family}, {spec.n_layers} layers)")
     base_model, tokenizer = load_base(base)
     progress(f"converting: {layer_map.describe()}, injection {injection}")
     model = convert(
-        base_model, layer_map, injection, mean_recurrence=mean_recurrence, mean_backprop_depth=mean_backprop_depth,
-        block_size=block_size, seed=seed, source=Path(base).name,
+        base_model,
+        layer_map,
+        injection,
+        mean_recurrence=mean_recurrence,
+        mean_backprop_depth=mean_backprop_depth,
+        block_size=block_size,
+        seed=seed,
+        source=Path(base).name,
     )
     result = None
     if check:
@@ -122,26 +137,26 @@ def retrofit(
 
 
 __all__ = [
-    "retrofit",
-    "RetrofitResult",
-    "LayerMap",
-    "PUBLISHED_MAPS",
-    "published_map",
-    "parse_layers",
-    "parse_shape",
-    "format_layers",
-    "resolve_layer_map",
-    "BaseSpec",
     "FAMILIES",
+    "INJECTIONS",
+    "PUBLISHED_MAPS",
     "SUPPORTED",
+    "BaseSpec",
+    "CheckResult",
+    "LayerMap",
+    "RetrofitResult",
     "base_spec",
+    "check_conversion",
+    "convert",
+    "format_layers",
     "load_base",
     "load_base_config",
-    "convert",
     "model_config_for",
-    "rope_permutation",
+    "parse_layers",
+    "parse_shape",
     "permute_heads",
-    "INJECTIONS",
-    "check_conversion",
-    "CheckResult",
+    "published_map",
+    "resolve_layer_map",
+    "retrofit",
+    "rope_permutation",
 ]

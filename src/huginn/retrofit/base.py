@@ -122,7 +122,9 @@ def _from_pretrained_args(path: Path) -> tuple[str, dict[str, Any]]:
         require_gguf()
         return str(path.parent), {"gguf_file": path.name}
     if path.is_file():
-        raise HuginnError(f"base {str(path)!r} is a file but not a .gguf; pass a transformers checkpoint folder or a .gguf file")
+        raise HuginnError(
+            f"base {str(path)!r} is a file but not a .gguf; pass a transformers checkpoint folder or a .gguf file"
+        )
     if not (path / "config.json").exists():
         raise HuginnError(f"base folder {str(path)!r} has no config.json; pass a transformers checkpoint folder")
     return str(path), {}

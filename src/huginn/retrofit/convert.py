@@ -166,8 +166,12 @@ def convert(
 
     spec = base_spec(base.config)
     mc = model_config_for(
-        spec, layer_map, injection, mean_recurrence=mean_recurrence,
-        mean_backprop_depth=mean_backprop_depth, block_size=block_size,
+        spec,
+        layer_map,
+        injection,
+        mean_recurrence=mean_recurrence,
+        mean_backprop_depth=mean_backprop_depth,
+        block_size=block_size,
     )
     record = {
         "base": source or getattr(base.config, "_name_or_path", "") or "",
@@ -176,7 +180,9 @@ def convert(
         **layer_map.to_dict(),
         "injection": injection,
     }
-    config = RavenConfig.from_model_config(mc, retrofit=record, **{k: v for k, v in spec.token_ids.items() if v is not None})
+    config = RavenConfig.from_model_config(
+        mc, retrofit=record, **{k: v for k, v in spec.token_ids.items() if v is not None}
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = RavenForCausalLM(config)
@@ -184,7 +190,9 @@ def convert(
     missing, unexpected = model.load_state_dict(weights, strict=False)
     allowed = {"transformer.adapter.weight", "freqs_cis", "lm_head.weight"}
     if unexpected or set(missing) - allowed:  # a mapping bug, not a user mistake
-        raise RuntimeError(f"weight mapping mismatch: missing {sorted(set(missing) - allowed)}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"weight mapping mismatch: missing {sorted(set(missing) - allowed)}, unexpected {unexpected}"
+        )
     if mc.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight
     init_injection(model, injection)

@@ -42,7 +42,7 @@ def format_layers(layers: tuple[int, ...] | list[int]) -> str:
         return "none"
     runs: list[str] = []
     start = prev = layers[0]
-    for i in list(layers[1:]) + [None]:
+    for i in [*list(layers[1:]), None]:
         if i is not None and i == prev + 1:
             prev = i
             continue
@@ -92,7 +92,7 @@ class LayerMap:
         used = set(self.layers)
         return tuple(i for i in range(n_layers) if i not in used)
 
-    def validate(self, n_layers: int) -> "LayerMap":
+    def validate(self, n_layers: int) -> LayerMap:
         """Check every index against a base with `n_layers` layers; returns self."""
         for part, layers in self.parts():
             bad = [i for i in layers if i >= n_layers]
@@ -113,11 +113,15 @@ class LayerMap:
         return {"prelude": list(self.prelude), "core": list(self.core), "coda": list(self.coda)}
 
     @classmethod
-    def from_lists(cls, prelude: str, core: str, coda: str) -> "LayerMap":
-        return cls(parse_layers(prelude, part="--prelude"), parse_layers(core, part="--core"), parse_layers(coda, part="--coda"))
+    def from_lists(cls, prelude: str, core: str, coda: str) -> LayerMap:
+        return cls(
+            parse_layers(prelude, part="--prelude"),
+            parse_layers(core, part="--core"),
+            parse_layers(coda, part="--coda"),
+        )
 
     @classmethod
-    def from_shape(cls, p: int, r: int, c: int, *, n_layers: int) -> "LayerMap":
+    def from_shape(cls, p: int, r: int, c: int, *, n_layers: int) -> LayerMap:
         """First p layers, the r layers just before the last c, the last c (the middle is dropped)."""
         if min(p, r, c) < 0 or r < 1:
             raise HuginnError(f"shape ({p},{r},{c}) needs p, c >= 0 and r >= 1")
@@ -146,10 +150,12 @@ class PublishedMap:
 # McLeish et al. 2025, convert_llama.py / convert_olmo.py (reference notes, section 1.1)
 PUBLISHED_MAPS: dict[str, PublishedMap] = {
     "tinyllama": PublishedMap(
-        "TinyLlama-1.1B-intermediate-step-1431k-3T", 22, LayerMap(tuple(range(0, 4)), tuple(range(10, 18)), tuple(range(18, 22)))
+        "TinyLlama-1.1B-intermediate-step-1431k-3T",
+        22,
+        LayerMap(tuple(range(4)), tuple(range(10, 18)), tuple(range(18, 22))),
     ),
     "olmo2-1b": PublishedMap(
-        "OLMo-2-0425-1B", 16, LayerMap(tuple(range(0, 4)), tuple(range(6, 12)), tuple(range(12, 16)))
+        "OLMo-2-0425-1B", 16, LayerMap(tuple(range(4)), tuple(range(6, 12)), tuple(range(12, 16)))
     ),
 }
 
@@ -181,7 +187,9 @@ def resolve_layer_map(
     """The one map that exactly one of (explicit lists, shape, published name) describes, validated
     against a base with `n_layers` layers."""
     explicit = any(x is not None for x in (prelude, core, coda))
-    given = [k for k, v in (("layer lists", explicit), ("--shape", shape is not None), ("--map", name is not None)) if v]
+    given = [
+        k for k, v in (("layer lists", explicit), ("--shape", shape is not None), ("--map", name is not None)) if v
+    ]
     if len(given) > 1:
         raise HuginnError(f"give one of --map, --shape or --prelude/--core/--coda, not {' and '.join(given)}")
     if name is not None:

@@ -48,7 +48,9 @@ def latest(run: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save(run: Path, step: int, model: nn.Module, optimizers: list, trainer: dict[str, Any], d: Dist, keep: int = 2) -> Path:
+def save(
+    run: Path, step: int, model: nn.Module, optimizers: list, trainer: dict[str, Any], d: Dist, keep: int = 2
+) -> Path:
     root = ckpt_root(run)
     name = f"step_{step:07d}"
     tmp, final = root / f".{name}.tmp", root / name
@@ -76,7 +78,9 @@ def load(path: Path, model: nn.Module, optimizers: list, d: Dist) -> dict[str, A
     """Load a checkpoint into `model` and `optimizers` in place; returns this rank's trainer state."""
     trainer_file = path / f"trainer_rank{d.rank}.pt"
     if not trainer_file.is_file():
-        raise HuginnError(f"checkpoint {path} was written by a run with a different world size (no {trainer_file.name}); resume with the same number of processes")
+        raise HuginnError(
+            f"checkpoint {path} was written by a run with a different world size (no {trainer_file.name}); resume with the same number of processes"
+        )
     msd, osd = get_state_dict(model, optimizers)
     state = {"model": msd, "optim": osd}
     dcp.load(state, checkpoint_id=str(path))
@@ -121,5 +125,7 @@ def check_resumable(run: Path, config: dict[str, Any]) -> bool:
             if old.get(section, {}).get(key) != value:
                 diffs.append(f"{section}.{key}")
     if diffs:
-        raise HuginnError(f"{run} holds a run with a different config ({', '.join(diffs[:4])} differ); resume with the same config or pick a new --out")
+        raise HuginnError(
+            f"{run} holds a run with a different config ({', '.join(diffs[:4])} differ); resume with the same config or pick a new --out"
+        )
     return True

@@ -17,6 +17,7 @@ scalars (`--set optim.lr=1e-3`). Non-goal: model shapes themselves (`huginn.conf
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -92,7 +93,9 @@ class TrainSection:
     compile: bool = False  # torch.compile each block
     loss_chunk: int = 4096  # tokens per chunk of the head + loss; 0: plain loss
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = None  # CPU threads; None: 1 for models of width <= 128 (faster, no spin contention), else torch's default
+    threads: int | None = (
+        None  # CPU threads; None: 1 for models of width <= 128 (faster, no spin contention), else torch's default
+    )
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps in this invocation
 
 
@@ -231,21 +234,23 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = raw
     if isinstance(value, str):
         # YAML reads 1e-3 as a string; numbers written that way are numbers here
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            pass
     return key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **explicit: Any) -> JobConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **explicit: Any
+) -> JobConfig:
     """The job config from `path` (None: the built-in default), dotted `overrides`, then `explicit`
     dotted keys (e.g. `**{"train.max_steps": 10}`)."""
     tree: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise HuginnError(f"config file {str(p)!r} does not exist; pass a YAML file (see configs/) or none for the built-in default")
+            raise HuginnError(
+                f"config file {str(p)!r} does not exist; pass a YAML file (see configs/) or none for the built-in default"
+            )
         try:
             tree = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
@@ -265,13 +270,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def validate(cfg: JobConfig) -> None:
     t = cfg.train
-    for key, value in (("train.max_steps", t.max_steps), ("train.batch_size", t.batch_size), ("data.seq_len", cfg.data.seq_len)):
+    for key, value in (
+        ("train.max_steps", t.max_steps),
+        ("train.batch_size", t.batch_size),
+        ("data.seq_len", cfg.data.seq_len),
+    ):
         if value < 1:
             raise HuginnError(f"{key} must be >= 1, got {value}")
     if t.micro_batch_size is not None and t.micro_batch_size < 1:
         raise HuginnError(f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}")
     if cfg.data.kind in ("packed", "chat") and not cfg.data.path:
-        raise HuginnError(f"data.kind {cfg.data.kind!r} needs data.path (set it in the config or with --set data.path=...)")
+        raise HuginnError(
+            f"data.kind {cfg.data.kind!r} needs data.path (set it in the config or with --set data.path=...)"
+        )
     if cfg.data.kind == "chat" and not (cfg.data.tokenizer or cfg.model.init_from):
         raise HuginnError("data.kind 'chat' needs a tokenizer: set data.tokenizer or model.init_from")
     if any(r < 1 for r in cfg.eval.num_steps + cfg.eval.scaling):

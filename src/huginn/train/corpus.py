@@ -83,7 +83,7 @@ def answer_mask(inputs: torch.Tensor) -> torch.Tensor:
 
 def char_tokenizer():
     """A transformers fast tokenizer for the alphabet (saved with exported built-in runs)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {c: i for i, c in enumerate(ALPHABET)}

@@ -13,8 +13,9 @@ holds rows (i * world + r) * mb + [0, mb). Non-goals: tokenization of raw text (
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -77,9 +78,13 @@ class PackedSource:
         try:
             from huginn.data.loader import PackedLoader
         except ImportError:
-            raise HuginnError("data.kind 'packed' needs huginn.data.loader, which this install lacks; use data.kind builtin") from None
+            raise HuginnError(
+                "data.kind 'packed' needs huginn.data.loader, which this install lacks; use data.kind builtin"
+            ) from None
         self.layout, self.val_samples = layout, val_samples
-        self.loader = PackedLoader(path, layout.micro, rank=layout.rank, world_size=layout.world, seed=seed, shuffle=True, loop=True)
+        self.loader = PackedLoader(
+            path, layout.micro, rank=layout.rank, world_size=layout.world, seed=seed, shuffle=True, loop=True
+        )
         self.val_loader_args = (val_path or path, layout.micro, layout.rank, layout.world, seed)
         self.it = iter(self.loader)
         self.seq_len = self.loader.seq_len
@@ -122,7 +127,9 @@ def assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, lis
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
         after = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not text.startswith(after) or not after.startswith(before):
-            raise HuginnError("the tokenizer's chat template does not render conversations prefix by prefix; cannot find assistant turns")
+            raise HuginnError(
+                "the tokenizer's chat template does not render conversations prefix by prefix; cannot find assistant turns"
+            )
         spans.append((len(before), len(after)))
     return text, spans
 
@@ -158,7 +165,7 @@ class ChatSource:
         for f in files:
             p = Path(f)
             if not p.is_file():
-                raise HuginnError(f"chat data {str(p)!r} does not exist; pass a jsonl of {{\"messages\": [...]}} rows")
+                raise HuginnError(f'chat data {str(p)!r} does not exist; pass a jsonl of {{"messages": [...]}} rows')
             for n, line in enumerate(p.read_text().splitlines(), start=1):
                 if not line.strip():
                     continue

@@ -8,6 +8,7 @@ the fine-tuning tokenizer otherwise. Non-goal: converting other frameworks' chec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -46,7 +47,9 @@ def export_run(run: Path, out: Path) -> Path:
     hf = RavenForCausalLM(RavenConfig.from_model_config(model.model_config))
     missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
     if [k for k in missing if k != "lm_head.weight"] or unexpected:
-        raise HuginnError(f"run weights do not fit the published model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise HuginnError(
+            f"run weights do not fit the published model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     hf.save_pretrained(str(tmp))
@@ -58,14 +61,13 @@ def export_run(run: Path, out: Path) -> Path:
     elif data.get("tokenizer") or cfg.get("model", {}).get("init_from"):
         from transformers import AutoTokenizer
 
-        try:
+        # the weights are the export; a missing tokenizer is not fatal
+        with contextlib.suppress(OSError, ValueError):
             AutoTokenizer.from_pretrained(data.get("tokenizer") or cfg["model"]["init_from"]).save_pretrained(str(tmp))
-        except (OSError, ValueError):
-            pass  # the weights are the export; a missing tokenizer is not fatal
     if out.exists():
         out.rmdir()
     tmp.rename(out)
     return out
 
 
-__all__ = ["export_run", "load_run_model", "Dist"]
+__all__ = ["Dist", "export_run", "load_run_model"]

@@ -16,7 +16,6 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -62,7 +61,9 @@ def build_model(cfg: JobConfig) -> RecurrentLM:
 
         path = Path(cfg.model.init_from)
         if not (path / "config.json").is_file():
-            raise HuginnError(f"model.init_from {str(path)!r} is not a checkpoint folder (no config.json); export a run or pass a Huginn checkpoint")
+            raise HuginnError(
+                f"model.init_from {str(path)!r} is not a checkpoint folder (no config.json); export a run or pass a Huginn checkpoint"
+            )
         hf = RavenForCausalLM.from_pretrained(str(path))
         mc = hf.model_config.replace(**cfg.model.overrides) if cfg.model.overrides else hf.model_config
         model = RecurrentLM()
@@ -74,7 +75,9 @@ def build_model(cfg: JobConfig) -> RecurrentLM:
         overrides.update(vocab_size=corpus.VOCAB_SIZE, padding_multiple=16)  # the character alphabet
     mc = named_shape(cfg.model.shape, **overrides)
     if cfg.data.seq_len > mc.block_size:
-        raise HuginnError(f"data.seq_len {cfg.data.seq_len} exceeds the model's block_size {mc.block_size}; shorten it or set model.overrides.block_size")
+        raise HuginnError(
+            f"data.seq_len {cfg.data.seq_len} exceeds the model's block_size {mc.block_size}; shorten it or set model.overrides.block_size"
+        )
     return RecurrentLM(mc)
 
 
@@ -82,14 +85,18 @@ def build_data(cfg: JobConfig, mc: ModelConfig, layout: Layout):
     d = cfg.data
     if d.kind == "builtin":
         if mc.vocab_size < corpus.VOCAB_SIZE:
-            raise HuginnError(f"the built-in corpus needs vocab_size >= {corpus.VOCAB_SIZE}, the model has {mc.vocab_size}")
+            raise HuginnError(
+                f"the built-in corpus needs vocab_size >= {corpus.VOCAB_SIZE}, the model has {mc.vocab_size}"
+            )
         return BuiltinSource(layout, d.seq_len, cfg.train.seed, d.val_samples)
     if d.kind == "packed":
         check_packed_vocab([d.path, d.val_path], mc.vocab_size)
         return PackedSource(layout, d.path, d.val_path, cfg.train.seed, d.val_samples)
     tok = load_tokenizer(d.tokenizer or cfg.model.init_from)
     if len(tok) > mc.vocab_size:
-        raise HuginnError(f"vocab mismatch: the tokenizer has {len(tok)} tokens but the model only {mc.vocab_size}; use the model's own tokenizer")
+        raise HuginnError(
+            f"vocab mismatch: the tokenizer has {len(tok)} tokens but the model only {mc.vocab_size}; use the model's own tokenizer"
+        )
     return ChatSource(layout, d.path, d.val_path, tok, d.seq_len, cfg.train.seed, d.val_samples)
 
 
@@ -115,8 +122,11 @@ def depth_sampler(cfg: JobConfig, mc: ModelConfig) -> DepthSampler:
     return DepthSampler(
         mean_recurrence=dc.mean_recurrence or mc.mean_recurrence,
         backprop_depth=dc.backprop_depth or max(1, mc.mean_backprop_depth),
-        scheme=dc.scheme, curriculum=dc.curriculum, curriculum_fraction=dc.curriculum_fraction,
-        max_steps=cfg.train.max_steps, seed=cfg.train.seed,
+        scheme=dc.scheme,
+        curriculum=dc.curriculum,
+        curriculum_fraction=dc.curriculum_fraction,
+        max_steps=cfg.train.max_steps,
+        seed=cfg.train.seed,
     )
 
 
@@ -127,7 +137,9 @@ def autocast(cfg: JobConfig, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(fwd: torch.nn.Module, data, depths: list[int], cfg: JobConfig, d: Dist) -> tuple[dict[int, float], dict[int, dict[str, float]]]:
+def evaluate(
+    fwd: torch.nn.Module, data, depths: list[int], cfg: JobConfig, d: Dist
+) -> tuple[dict[int, float], dict[int, dict[str, float]]]:
     """Validation loss (mean over labelled tokens) per depth and, on the built-in corpus, the loss
     and accuracy on the answer tokens (the deterministic, depth-hungry ones): {r: {"loss", "acc"}}."""
     losses, answers = {}, {}
@@ -140,8 +152,15 @@ def evaluate(fwd: torch.nn.Module, data, depths: list[int], cfg: JobConfig, d: D
             with autocast(cfg, d.device):
                 out = fwd(inputs, labels, r, 0, ids, torch.tensor(1.0), answer_mask=mask)
             loss, correct, answer_loss = out if builtin else (out, 0, 0)
-            total += torch.tensor([float(loss), float((labels != -100).sum()), float(correct),
-                                   float(mask.sum()) if builtin else 0.0, float(answer_loss)])
+            total += torch.tensor(
+                [
+                    float(loss),
+                    float((labels != -100).sum()),
+                    float(correct),
+                    float(mask.sum()) if builtin else 0.0,
+                    float(answer_loss),
+                ]
+            )
         total = all_sum(total, d)
         losses[r] = float(total[0] / total[1].clamp(min=1))
         if builtin:
@@ -164,7 +183,9 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
     t = cfg.train
     micro = t.micro_batch_size or max(1, t.batch_size // d.world)
     if t.batch_size % (micro * d.world):
-        raise HuginnError(f"train.batch_size {t.batch_size} is not a multiple of micro_batch_size {micro} x {d.world} processes")
+        raise HuginnError(
+            f"train.batch_size {t.batch_size} is not a multiple of micro_batch_size {micro} x {d.world} processes"
+        )
     check_schedule(t.max_steps, cfg.schedule.warmup, cfg.schedule.decay)
     layout = Layout(t.batch_size, micro, d.rank, d.world)
 
@@ -184,7 +205,9 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
     if t.compile:
         for block in (*model.transformer.prelude, *model.transformer.core_block, *model.transformer.coda):
             block.compile()
-    fwd = apply_parallel(TrainForward(model, t.loss_chunk, t.activation_checkpointing, t.seed), cfg.parallel.kind, d, cfg.optim.name)
+    fwd = apply_parallel(
+        TrainForward(model, t.loss_chunk, t.activation_checkpointing, t.seed), cfg.parallel.kind, d, cfg.optim.name
+    )
     opt = build_optimizer(model, cfg.optim)
     counts = count_params(model)
 
@@ -208,7 +231,12 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
     stop = min(t.max_steps, start + t.stop_after) if t.stop_after else t.max_steps
     step = start
     for step in range(start, stop):
-        lr = set_lr(opt, lr_factor(step, t.max_steps, cfg.schedule.kind, cfg.schedule.warmup, cfg.schedule.decay, cfg.schedule.min_lr_ratio))
+        lr = set_lr(
+            opt,
+            lr_factor(
+                step, t.max_steps, cfg.schedule.kind, cfg.schedule.warmup, cfg.schedule.decay, cfg.schedule.min_lr_ratio
+            ),
+        )
         n, k = sampler.sample(step)  # the same on every rank: seeded by the step
 
         # micro-batches; every micro-loss is divided by the step's global token count
@@ -226,9 +254,13 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
         if not math.isfinite(loss_value):
             last = checkpoint.latest(run)
             keep = f"the last good checkpoint {last.name} is kept" if last else "no checkpoint was written"
-            raise HuginnError(f"loss became {loss_value} at step {step}; training stopped and {keep}; lower optim.lr or check the data")
+            raise HuginnError(
+                f"loss became {loss_value} at step {step}; training stopped and {keep}; lower optim.lr or check the data"
+            )
 
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t_clip if (t_clip := cfg.optim.grad_clip) > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, t_clip if (t_clip := cfg.optim.grad_clip) > 0 else float("inf")
+        )
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         opt.step()
@@ -238,10 +270,15 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
         rows_tokens = int(t.batch_size * batches[0][0].shape[1])
         metrics.count(rows_tokens, counts.step_flops(rows_tokens, n, k))
         last_step = step + 1 == stop
-        metrics.log_step(step + 1, loss_value, lr, n, k, float(grad_norm), log=(step + 1) % cfg.log.every == 0 or last_step)
+        metrics.log_step(
+            step + 1, loss_value, lr, n, k, float(grad_norm), log=(step + 1) % cfg.log.every == 0 or last_step
+        )
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < t.max_steps:
             losses, answers = evaluate(fwd, data, cfg.eval.num_steps, cfg, d)
-            extra = {"answer_acc": {str(r): a["acc"] for r, a in answers.items()}, "answer_loss": {str(r): a["loss"] for r, a in answers.items()}}
+            extra = {
+                "answer_acc": {str(r): a["acc"] for r, a in answers.items()},
+                "answer_loss": {str(r): a["loss"] for r, a in answers.items()},
+            }
             metrics.log_eval(step + 1, losses, extra if answers else None)
         if cfg.checkpoint.save_every and (step + 1) % cfg.checkpoint.save_every == 0 and not last_step:
             save(step + 1)
@@ -252,7 +289,9 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
 
     if stop == t.max_steps and cfg.eval.scaling:
         losses, answers = evaluate(fwd, data, cfg.eval.scaling, cfg, d)
-        metrics.enabled and metrics.write({"step": stop, "eval": {str(r): v for r, v in losses.items()}, "scaling": True})
+        metrics.enabled and metrics.write(
+            {"step": stop, "eval": {str(r): v for r, v in losses.items()}, "scaling": True}
+        )
         result.scaling = losses
         if d.is_main:
             result.scaling_table = report.write(run, losses, answers or None, sampler.mean_recurrence, stop)

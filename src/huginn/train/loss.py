@@ -45,7 +45,9 @@ class _ChunkedLinearCE(torch.autograd.Function):
                 grad_h[start : start + chunk_size] = (probs.to(h.dtype) @ w).to(h.dtype)
             if grad_w is not None:
                 grad_w += probs.T @ hc.to(acc)
-        ctx.save_for_backward(grad_h if grad_h is not None else torch.empty(0), grad_w if grad_w is not None else torch.empty(0))
+        ctx.save_for_backward(
+            grad_h if grad_h is not None else torch.empty(0), grad_w if grad_w is not None else torch.empty(0)
+        )
         ctx.has = (grad_h is not None, grad_w is not None)
         ctx.weight_dtype = weight.dtype
         return total * scale

@@ -75,7 +75,9 @@ class Metrics:
         """Drop records past the checkpoint we resume from, so the file reads as one clean run."""
         if not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        keep = [
+            line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
+        ]
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def count(self, tokens: int, flops: float) -> None:
@@ -94,7 +96,9 @@ class Metrics:
         if self.wandb is not None:
             self.wandb.log(record, step=record["step"])
 
-    def log_step(self, step: int, loss: float, lr: float, no_grad_steps: int, grad_steps: int, grad_norm: float, log: bool) -> None:
+    def log_step(
+        self, step: int, loss: float, lr: float, no_grad_steps: int, grad_steps: int, grad_norm: float, log: bool
+    ) -> None:
         """Advance the bar; every `log.every` steps (and when `log`) write a record with rates."""
         if not self.enabled:
             return
@@ -105,8 +109,12 @@ class Metrics:
         now = time.perf_counter()
         dt = max(now - self.t_last, 1e-9)
         record = {
-            "step": step, "loss": round(loss, 6), "lr": lr, "depth": [no_grad_steps, grad_steps],
-            "grad_norm": round(grad_norm, 6), "tokens_per_s": round(self.tokens_since / dt, 1),
+            "step": step,
+            "loss": round(loss, 6),
+            "lr": lr,
+            "depth": [no_grad_steps, grad_steps],
+            "grad_norm": round(grad_norm, 6),
+            "tokens_per_s": round(self.tokens_since / dt, 1),
             "tflops_per_s": round(self.flops_since / dt / 1e12, 6),
         }
         if self.cfg.peak_flops:
@@ -123,7 +131,7 @@ class Metrics:
         record.update(extra or {})
         self.write(record)
         if self.bar is not None:
-            self.bar.write("eval @%d: %s" % (step, "  ".join(f"r={r}: {v:.4f}" for r, v in losses.items())))
+            self.bar.write(f"eval @{step}: " + "  ".join(f"r={r}: {v:.4f}" for r, v in losses.items()))
 
     def close(self) -> None:
         if self.bar is not None:

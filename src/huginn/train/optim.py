@@ -81,8 +81,14 @@ class ELLISAdam(Optimizer):
         decouple_wd: bool = True,
     ):
         defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, update_clipping=update_clipping,
-            running_init=running_init, atan_adam=atan_adam, decouple_wd=decouple_wd,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            update_clipping=update_clipping,
+            running_init=running_init,
+            atan_adam=atan_adam,
+            decouple_wd=decouple_wd,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -162,12 +168,17 @@ def build_optimizer(model: nn.Module, cfg: Any) -> Optimizers:
     def spec(name: str, params: list[Tensor], lr: float, wd: float) -> dict[str, Any]:
         return {"params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd, "name": name}
 
-    adam_groups = [spec("embeddings", groups["embeddings"], cfg.lr, emb_wd), spec("scalars", groups["scalars"], cfg.lr, 0.0)]
+    adam_groups = [
+        spec("embeddings", groups["embeddings"], cfg.lr, emb_wd),
+        spec("scalars", groups["scalars"], cfg.lr, 0.0),
+    ]
     betas = tuple(cfg.betas)
     if cfg.name == "muon":
         muon = torch.optim.Muon(
             [spec("matrices", groups["matrices"], cfg.muon_lr, cfg.muon_weight_decay)],
-            lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay, momentum=cfg.muon_momentum,
+            lr=cfg.muon_lr,
+            weight_decay=cfg.muon_weight_decay,
+            momentum=cfg.muon_momentum,
             adjust_lr_fn=cfg.muon_adjust_lr,
         )
         adam = torch.optim.AdamW([g for g in adam_groups if g["params"]], lr=cfg.lr, betas=betas, eps=cfg.eps)
@@ -178,12 +189,19 @@ def build_optimizer(model: nn.Module, cfg: Any) -> Optimizers:
         return Optimizers([torch.optim.AdamW(all_groups, lr=cfg.lr, betas=betas, eps=cfg.eps)])
     for g in all_groups:
         g["init_lr"] = g["lr"]
-    return Optimizers([
-        ELLISAdam(
-            all_groups, lr=cfg.lr, betas=betas, eps=cfg.eps, update_clipping=cfg.update_clipping,
-            running_init=cfg.running_init, atan_adam=cfg.atan_adam,
-        )
-    ])
+    return Optimizers(
+        [
+            ELLISAdam(
+                all_groups,
+                lr=cfg.lr,
+                betas=betas,
+                eps=cfg.eps,
+                update_clipping=cfg.update_clipping,
+                running_init=cfg.running_init,
+                atan_adam=cfg.atan_adam,
+            )
+        ]
+    )
 
 
 def lr_factor(step: int, max_steps: int, kind: str, warmup: float, decay: float, min_lr_ratio: float) -> float:

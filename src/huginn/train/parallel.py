@@ -56,7 +56,9 @@ def init_distributed(device_kind: str = "auto") -> Dist:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
@@ -69,7 +71,9 @@ def apply_parallel(module: nn.Module, kind: str, d: Dist, optimizer_name: str) -
         return DistributedDataParallel(module, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
     if kind == "fsdp":
         if optimizer_name == "muon":
-            raise HuginnError("Muon needs whole matrices and FSDP shards them; use parallel.kind=ddp with optim.name=muon")
+            raise HuginnError(
+                "Muon needs whole matrices and FSDP shards them; use parallel.kind=ddp with optim.name=muon"
+            )
         from torch.distributed.fsdp import fully_shard
 
         model = module.model

@@ -34,11 +34,21 @@ def write(run: Path, losses: dict[int, float], answers: Answers | None, train_me
     text = table(losses, answers, train_mean)
     answers = answers or {}
     (run / "scaling.json").write_text(
-        json.dumps({"step": step, "train_mean_recurrence": train_mean, "val_loss": {str(k): v for k, v in losses.items()},
-                    "answer_loss": {str(k): a["loss"] for k, a in answers.items()},
-                    "answer_accuracy": {str(k): a["acc"] for k, a in answers.items()}}, indent=2) + "\n"
+        json.dumps(
+            {
+                "step": step,
+                "train_mean_recurrence": train_mean,
+                "val_loss": {str(k): v for k, v in losses.items()},
+                "answer_loss": {str(k): a["loss"] for k, a in answers.items()},
+                "answer_accuracy": {str(k): a["acc"] for k, a in answers.items()},
+            },
+            indent=2,
+        )
+        + "\n"
     )
-    (run / "scaling.md").write_text(f"Validation loss by test-time depth after {step} steps (training mean recurrence {train_mean}).\n\n{text}\n")
+    (run / "scaling.md").write_text(
+        f"Validation loss by test-time depth after {step} steps (training mean recurrence {train_mean}).\n\n{text}\n"
+    )
     import matplotlib
 
     matplotlib.use("Agg")
