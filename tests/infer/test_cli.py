@@ -46,33 +46,40 @@ def _run(args):
     return CliRunner().invoke(cli, args, catch_exceptions=True)
 
 
-def test_generate_prints_the_greedy_continuation(fixture_dir, tokenizer_dir, reference_model):
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        pytest.param(("--compile",), marks=pytest.mark.compile),
+        pytest.param(("--freeze",), marks=pytest.mark.compile),
+    ],
+)
+def test_generate_prints_the_greedy_continuation(fixture_dir, tokenizer_dir, reference_model, extra):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     prompt = "The raven"
     ids = torch.tensor([tok(prompt)["input_ids"]])
     want = reference_model.generate(ids, max_new_tokens=8, num_steps=4, init_scale=0.0)
-    for extra in ([], ["--compile"], ["--freeze"]):
-        res = _run(
-            [
-                "generate",
-                str(fixture_dir),
-                prompt,
-                "--tokenizer",
-                str(tokenizer_dir),
-                "--num-steps",
-                "4",
-                "--max-new-tokens",
-                "8",
-                "--init-scale",
-                "0",
-                *extra,
-            ]
-        )
-        assert res.exit_code == 0, res.output
-        assert res.stdout.rstrip("\n") == prompt + tok.decode(want[0, ids.shape[1] :])
-        assert "core steps/token mean 4.0" in res.stderr
+    res = _run(
+        [
+            "generate",
+            str(fixture_dir),
+            prompt,
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--num-steps",
+            "4",
+            "--max-new-tokens",
+            "8",
+            "--init-scale",
+            "0",
+            *extra,
+        ]
+    )
+    assert res.exit_code == 0, res.output
+    assert res.stdout.rstrip("\n") == prompt + tok.decode(want[0, ids.shape[1] :])
+    assert "core steps/token mean 4.0" in res.stderr
 
 
 def test_generate_stream_with_exit_and_cache(fixture_dir, tokenizer_dir):

@@ -33,7 +33,8 @@ def both(model, ids, depth, new, **kw):
     return eager, comp
 
 
-@pytest.mark.parametrize("policy", [None, "compress-r2"])
+# one compiled == eager check stays in the default suite; the rest of the matrix is `compile`
+@pytest.mark.parametrize("policy", [None, pytest.param("compress-r2", marks=pytest.mark.compile)])
 def test_compiled_decode_equals_eager_padded_batch(policy):
     model = tiny_model(seed=3)
     ids = torch.randint(1, 200, (2, 7))
@@ -56,7 +57,7 @@ def test_compiled_decode_equals_eager_padded_batch(policy):
     assert torch.equal(comp.cache.token_steps(), eager.cache.token_steps())
 
 
-@pytest.mark.slow
+@pytest.mark.compile
 def test_compiled_continuous_and_adaptive_single_row():
     from huginn.infer.exits import make_criterion
 
@@ -68,7 +69,7 @@ def test_compiled_continuous_and_adaptive_single_row():
         assert torch.equal(eager.compute_steps, comp.compute_steps)
 
 
-@pytest.mark.slow
+@pytest.mark.compile
 def test_compiled_sampling_with_random_initial_state_equals_eager():
     """The token graph draws its initial state before the graph runs: the same random numbers, in
     the same order as eager decoding (which draws after the prelude), for states and sampling."""
@@ -146,6 +147,7 @@ def test_decode_layout_inside_and_restored_after_errors(dtype, monkeypatch):
             assert "packed" not in m._buffers and "forward" not in m.__dict__, name
 
 
+@pytest.mark.compile
 def test_compiled_generate_leaves_weights_as_they_were():
     model = tiny_model(seed=6)
     ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
@@ -173,6 +175,7 @@ def frozen_tokens(model, ids, depth, new):
     return eager, frozen
 
 
+@pytest.mark.compile
 def test_frozen_decode_equals_eager_and_follows_weight_changes():
     """`compile="frozen"` compiles the weights in as constants; dynamo guards them by identity
     only, so a weight changed in place must make the next `generate` build the graph anew (a stale

@@ -52,6 +52,7 @@ def test_packed_linear_rejects_what_it_cannot_compute():
         packed_linear.packed_linear(torch.randn(1, 15), w, 32)
 
 
+@pytest.mark.compile
 def test_compiled_decoding_runs_the_kernel():
     """The profiler sees the dispatcher calls the compiled token graph makes: every linear of every
     decoded token (36 per token here: 2 + 4 x 3 + 2 blocks x 4, 3 adapters, the head) is the kernel."""
@@ -102,6 +103,7 @@ def test_without_a_compiler_decoding_falls_back_with_one_warning(tmp_path):
     assert len(warning) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.compile
 def test_generate_runs_without_gradients_even_where_they_are_enabled():
     """`generate` decodes under no_grad itself: with gradients enabled around it, compiled decoding
     neither traces a backward through the kernel (which has none) nor warns about one."""

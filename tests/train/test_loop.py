@@ -205,7 +205,7 @@ def test_packed_data_with_a_larger_vocabulary_is_refused(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.compile
 def test_compiled_training_matches_eager(tmp_path):
     """`train.compile: true` (each block through torch.compile) gives the eager run's losses."""
     base = ["train", "--max-steps", "3", *[a for t in TINY for a in ("--set", t)], "--set", "eval.scaling=[]"]

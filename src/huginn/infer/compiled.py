@@ -40,6 +40,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -104,7 +105,7 @@ def compiled_graph(name: str):
         # cpp_wrapper: the graph's ~300 kernel and matmul calls per token are made from C++, not Python
         # (measured +15% tokens/s at batch 1, +5-10% at batch 8, for ~10 s more compilation)
         fn = {"blocks": _blocks_call, "token": _token_call}[name]
-        _compiled[name] = torch.compile(fn, fullgraph=True, options={"cpp_wrapper": True})
+        _compiled[name] = torch.compile(fn, fullgraph=True, options={"cpp_wrapper": True})  # type: ignore[call-overload]  # stub: fn is a plain function
     return _compiled[name]
 
 
@@ -117,7 +118,7 @@ def _frozen_token_call(
 # Inductor options of a frozen graph: its constant weights are prepacked for inductor's own GEMM
 # kernels (AMX tiles for bf16 where the CPU has them). Autotuning tables are not printed: they
 # would land in the middle of a CLI's output.
-FROZEN = {
+FROZEN: dict[str, Any] = {
     "cpp_wrapper": True,
     "max_autotune": True,
     "max_autotune_gemm_backends": "CPP,ATEN",
@@ -180,7 +181,7 @@ def decode_layout(model: nn.Module) -> Iterator[None]:
     matrix-vector products read fastest (measured 1.3x tokens/s at batch 1). The graphs compiled
     for either never see the other. Everything is put back on exit, so the model saves, trains and
     compares as before; a copy of the linear weights lives meanwhile."""
-    swapped: list[tuple[nn.Parameter, Tensor]] = []
+    swapped: list[tuple[Tensor, Tensor]] = []
     attached: list[nn.Linear] = []
     seen: set[int] = set()
     try:
@@ -257,12 +258,14 @@ class CompiledRunner:
     def __init__(self, cache, attention_mask: Tensor | None) -> None:
         self.cache, self.attention_mask = cache, attention_mask
         self.fn = compiled_graph("blocks")  # looked up per forward, so tests can spy on it
-        self.col = self.valid = None
+        self.col: Tensor | None = None
+        self.valid: Tensor | None = None
 
     def __call__(self, blocks: nn.ModuleList, x: Tensor, ctx: AttentionContext, slots: list[int]) -> Tensor:
         kvs = []
         for slot in slots:
             if slot == 0:
                 self.col, self.valid = begin_token(self.cache, self.attention_mask)
+            assert self.col is not None and self.valid is not None, "a forward writes slot 0 first"
             kvs.append(slot_kv(self.cache, slot, self.col, self.valid))
         return self.fn(blocks, x, ctx.rope, kvs)

@@ -249,7 +249,7 @@ class HuginnStaticCache(Cache):
         return self.k.shape[0]
 
     @property
-    def is_initialized(self) -> bool:  # type: ignore[override]
+    def is_initialized(self) -> bool:
         return self.length > 0
 
     # --- bookkeeping --------------------------------------------------------------------------
@@ -282,7 +282,9 @@ class HuginnStaticCache(Cache):
             return
         if self._row_steps is None:
             self.steps[:, start:end] = self._fwd_steps
-            shallow = [(self._fwd_steps, None)] if self._fwd_steps < self.max_steps else []
+            shallow: list[tuple[int, int | None]] = (
+                [(self._fwd_steps, None)] if self._fwd_steps < self.max_steps else []
+            )
         else:
             self.steps[:, start:end] = self._row_steps[:, None]
             per_row = self._row_steps.tolist()

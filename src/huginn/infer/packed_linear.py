@@ -132,7 +132,7 @@ def attach(linear: nn.Linear) -> None:
     """Give `linear` a packed copy of its weight (a non-persistent buffer: not saved) and route its
     few-row products through the kernel; `detach` undoes it."""
     linear.register_buffer("packed", pack(linear.weight), persistent=False)
-    linear.forward = types.MethodType(_forward, linear)
+    linear.forward = types.MethodType(_forward, linear)  # type: ignore[method-assign]  # per instance, undone by detach
 
 
 def detach(linear: nn.Linear) -> None:

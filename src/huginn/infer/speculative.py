@@ -36,9 +36,9 @@ def speculative_generate(
     streamer=None,
 ) -> Generation:
     """Greedy generation at `depth.num_steps`, drafted at `draft_steps`; extras["acceptance_rate"]."""
-    for name, v in (("draft_steps", draft_steps), ("lookahead_for_draft", lookahead)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise HuginnError(f"{name} must be an integer >= 1, got {v!r}")
+    for name, count in (("draft_steps", draft_steps), ("lookahead_for_draft", lookahead)):
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise HuginnError(f"{name} must be an integer >= 1, got {count!r}")
     if not isinstance(verification_threshold, (int, float)) or not verification_threshold > 0:
         raise HuginnError(f"verification_threshold must be a number in (0, 1], got {verification_threshold!r}")
     if sampling.do_sample or (sampling.repetition_penalty not in (None, 1.0)):
@@ -63,13 +63,14 @@ def speculative_generate(
     if streamer is not None:
         streamer.put(input_ids.cpu())
     res = run_tokens(model, input_ids, cache, full, attention_mask)
-    x0 = res.logits.argmax(-1)
+    x0: Tensor = res.logits.argmax(-1)
     new: list[Tensor] = [x0]
     drafted = accepted = 0
     while len(new) < max_new:
         L = min(lookahead, max_new - len(new))
         base = cache.get_seq_length()
-        tok, drafts = x0, []
+        tok: Tensor = x0
+        drafts: list[Tensor] = []
         for _ in range(L):
             r = run_tokens(model, tok[:, None], cache, draft, mask_upto(cache.get_seq_length() + 1))
             tok = r.logits.argmax(-1)
@@ -77,7 +78,7 @@ def speculative_generate(
         cache.crop(base)
         d = torch.stack(drafts, 1)  # (B, L)
         verify_in = torch.cat([x0[:, None], d[:, :-1]], dim=1)
-        v = run_tokens(model, verify_in, cache, full, mask_upto(base + L), all_logits=True).logits  # (B, L, V)
+        v: Tensor = run_tokens(model, verify_in, cache, full, mask_upto(base + L), all_logits=True).logits  # (B, L, V)
         vtok = v.argmax(-1)
         if verification_threshold >= 1:
             ok = vtok == d
