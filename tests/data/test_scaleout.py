@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-pytest.importorskip("datatrove", reason="the optional extra 'datatrove' is not installed")
+pytestmark = pytest.mark.datatrove  # `make test-datatrove` installs the extra and runs these
+pytest.importorskip("datatrove", reason="the optional extra 'datatrove' is not installed: run `make test-datatrove`")
 
 
 def test_local_executor_matches_builtin(corpus, tokenizer_dir, tmp_path):

@@ -28,6 +28,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,7 @@ class _Reader:
         self.rg_rows = np.array(rg_rows, np.int64)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_groups = cache_groups
-        self._handles: OrderedDict[int, object] = OrderedDict()
+        self._handles: OrderedDict[int, Any] = OrderedDict()  # pyarrow ParquetFile (untyped library)
 
     def group(self, g: int) -> np.ndarray:
         """Decoded rows of global row group g, shape (rows, row_len), int32."""

@@ -27,10 +27,12 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
 from huginn.errors import HuginnError
+from huginn.outdir import check_writable_out
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,14 @@ class Source:
     name: str
     path: str
     weight: float = 1.0
+
+
+class MixConfig(TypedDict):
+    """What a sources YAML holds (see the module docstring)."""
+
+    sources: list[Source]
+    val_fraction: float
+    seed: int
 
 
 def parse_source_spec(spec: str) -> Source:
@@ -63,7 +73,14 @@ def _source(name: str, path: str, weight) -> Source:
     return Source(name, str(path), w)
 
 
-def load_mix_config(path: str | Path) -> dict:
+def _config_number(path: str | Path, key: str, value, kind: type):
+    """`value` as a `kind` (float or int), or a one-line error naming the config key."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+        raise HuginnError(f"mix config {path}: {key} {value!r} is not {'an integer' if kind is int else 'a number'}")
+    return kind(value)
+
+
+def load_mix_config(path: str | Path) -> MixConfig:
     """Read a sources YAML (see the module docstring); unknown per-source fields are ignored."""
     import yaml
 
@@ -82,7 +99,11 @@ def load_mix_config(path: str | Path) -> dict:
             raise HuginnError(f"mix config {path}: source {name} needs a `path`")
         p = Path(entry["path"])
         sources.append(_source(str(name), str(p if p.is_absolute() else base / p), entry.get("weight", 1.0)))
-    return {"sources": sources, "val_fraction": float(cfg.get("val_fraction", 0.05)), "seed": int(cfg.get("seed", 0))}
+    return {
+        "sources": sources,
+        "val_fraction": _config_number(path, "val_fraction", cfg.get("val_fraction", 0.05), float),
+        "seed": _config_number(path, "seed", cfg.get("seed", 0), int),
+    }
 
 
 def _multiply(rows: np.ndarray, weight: float, rng: np.random.Generator) -> np.ndarray:
@@ -95,10 +116,12 @@ def _multiply(rows: np.ndarray, weight: float, rng: np.random.Generator) -> np.n
 
 def plan_mix(sources: Sequence[Source], val_fraction: float, seed: int) -> list[dict]:
     """Per source: its files and, per split, the row indices (with repeats) of each file."""
+    from huginn.data.shuffle import check_seed
     from huginn.data.tokenize import read_manifest
 
     if not 0 <= val_fraction < 1:
         raise HuginnError(f"val_fraction {val_fraction} must be in [0, 1)")
+    check_seed(seed)
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise HuginnError(f"source names repeat ({', '.join(names)}); give each source its own name")
@@ -142,8 +165,11 @@ def mix_sources(
     import shutil
 
     from huginn.data.shuffle import check_compatible, write_shuffled
-    from huginn.data.tokenize import _atomic_write_json
+    from huginn.data.tokenize import _atomic_write_json, check_count
 
+    check_writable_out(out_dir)
+    check_count("--rows-per-file", rows_per_file)
+    check_count("--row-group-rows", row_group_rows)
     plans = plan_mix(sources, val_fraction, seed)
     base = check_compatible([p["manifest"] for p in plans], [p["source"].path for p in plans])
     out = Path(out_dir)

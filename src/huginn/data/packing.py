@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class ShardWriter:
         self.tmp_dir = out_dir / ".tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.files: list[dict] = []  # finished files: name, rows, tokens (non-pad)
-        self._writer = None
+        self._writer: Any = None  # the open pyarrow ParquetWriter (untyped library), or None
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
 

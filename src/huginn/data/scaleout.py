@@ -20,13 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from huginn.errors import HuginnError
 
-try:
-    from datatrove.pipeline.base import PipelineStep
-except ImportError:  # the module stays importable; the functions below explain what to install
-    PipelineStep = object  # type: ignore[assignment,misc]
+
+def _pipeline_step() -> Any:
+    try:
+        from datatrove.pipeline.base import PipelineStep
+    except ImportError:  # the module stays importable; the functions below explain what to install
+        return object
+    return PipelineStep
+
+
+# typed Any so that type checking passes with and without datatrove installed
+PipelineStep: Any = _pipeline_step()
 
 
 def _require() -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from huginn.data.packing import COLUMN, rows_to_table, table_to_rows
 from huginn.errors import HuginnError
+from huginn.outdir import check_writable_out
 
 
 def _input_files(dataset: str | Path) -> tuple[dict, list[tuple[str, int, str]]]:
@@ -49,6 +50,12 @@ def check_compatible(manifests: Sequence[dict], names: Sequence[str]) -> dict:
     return first
 
 
+def check_seed(seed: int) -> None:
+    """numpy seeds are non-negative; say so in one line instead of numpy's traceback."""
+    if seed < 0:
+        raise HuginnError(f"--seed must be 0 or more, got {seed}")
+
+
 def write_shuffled(
     files: Sequence[tuple[str, str]],
     copies: Sequence[np.ndarray],
@@ -65,8 +72,17 @@ def write_shuffled(
     in one seeded random order as a packed dataset in `out_dir`; returns its manifest."""
     import pyarrow.parquet as pq
 
-    from huginn.data.tokenize import MANIFEST, _atomic_write_json, default_row_group_rows, default_rows_per_file
+    from huginn.data.tokenize import (
+        MANIFEST,
+        _atomic_write_json,
+        check_count,
+        default_row_group_rows,
+        default_rows_per_file,
+    )
 
+    check_count("--rows-per-file", rows_per_file)
+    check_count("--row-group-rows", row_group_rows)
+    check_seed(seed)
     row_len = base_manifest["row_len"]
     pad = base_manifest["tokenizer"]["pad"]
     seq_len = row_len - 1
@@ -80,7 +96,8 @@ def write_shuffled(
     tmp = out / ".tmp"
     positions = np.random.default_rng(seed).permutation(total)
     n_out = -(-total // R)
-    stats = {"tokens": np.zeros(n_out, np.int64), "sources": {}}
+    file_tokens = np.zeros(n_out, np.int64)  # non-pad ids per output file
+    source_stats: dict[str, dict[str, int]] = {}
     try:
         tmp.mkdir(parents=True, exist_ok=True)
         buffers: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -106,7 +123,7 @@ def write_shuffled(
             rows_sorted, pos_sorted = rows_sel[order], pos_sel[order]
             pf = pq.ParquetFile(path)
             start = 0
-            src = stats["sources"].setdefault(source, {"rows": 0, "tokens": 0})
+            src = source_stats.setdefault(source, {"rows": 0, "tokens": 0})
             for g in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(g).num_rows
                 a, b = np.searchsorted(rows_sorted, [start, start + n])
@@ -121,7 +138,7 @@ def write_shuffled(
                     src["rows"] += len(picked)
                     src["tokens"] += int(toks.sum())
                     bucket = pos // R
-                    np.add.at(stats["tokens"], bucket, toks)
+                    np.add.at(file_tokens, bucket, toks)
                     for j in np.unique(bucket):
                         m = bucket == j
                         buffers.setdefault(int(j), []).append((pos[m], picked[m]))
@@ -130,7 +147,7 @@ def write_shuffled(
                         flush()
                 start += n
         flush()
-        records = []
+        records: list[dict] = []
         for j in range(n_out):
             ids = np.fromfile(tmp / f"{j:05d}.ids", np.int32).reshape(-1, row_len)
             pos = np.fromfile(tmp / f"{j:05d}.pos", np.int64)
@@ -138,16 +155,16 @@ def write_shuffled(
             pq.write_table(rows_to_table(ids[np.argsort(pos)]), tmp / name, row_group_size=G, compression="zstd")
             os.remove(tmp / f"{j:05d}.ids")
             os.remove(tmp / f"{j:05d}.pos")
-            records.append({"name": name, "rows": len(ids), "tokens": int(stats["tokens"][j])})
+            records.append({"name": name, "rows": len(ids), "tokens": int(file_tokens[j])})
         for r in records:
             os.replace(tmp / r["name"], out / r["name"])
         manifest = {k: base_manifest[k] for k in ("format", "version", "column", "seq_len", "row_len", "tokenizer")}
         manifest.update(
             {
                 "rows": total,
-                "tokens": int(stats["tokens"].sum()),
+                "tokens": int(file_tokens.sum()),
                 "files": records,
-                "sources": stats["sources"],
+                "sources": source_stats,
                 "shuffle_seed": seed,
                 **(extra or {}),
             }
@@ -172,6 +189,7 @@ def shuffle_datasets(
     buffer_bytes: int = 256 << 20,
 ) -> dict:
     """Every row of `datasets`, once, in one seeded global order across all files."""
+    check_writable_out(out_dir)
     manifests, files = [], []
     for d in datasets:
         m, fs = _input_files(d)

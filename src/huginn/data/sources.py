@@ -2,7 +2,9 @@
 
 Every check that can fail on user input happens here, before any output is written, so a bad
 input leaves nothing behind: unreadable or non-parquet files, a missing column (the message
-names the columns that exist), a column that is not text, and empty input.
+names the columns that exist), a column that is not text, and empty input. Text that is not valid
+UTF-8 shows only when it is read; `decode_texts` turns it into a one-line error naming the file,
+column and row.
 
 Non-goals: remote filesystems (a cluster run reads shared paths; see `huginn.data.scaleout`).
 """
@@ -62,6 +64,25 @@ def open_parquet(path: str | Path, column: str | None = None):
                 f"column {column!r} of {path} has type {typ}, not text; pick a text column with --text-column"
             )
     return pf
+
+
+def decode_texts(column, path: str | Path, text_column: str, first_row: int) -> list:
+    """Python strings (or None) of one record batch's text column; invalid UTF-8 becomes a
+    one-line `HuginnError` naming the file, the column and the row (counted from 0 in the file)."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    bad = first_row
+    for i in range(len(column)):  # only on the error path: find the first bad row
+        try:
+            column[i].as_py()
+        except UnicodeDecodeError:
+            bad = first_row + i
+            break
+    raise HuginnError(
+        f"input {path} has invalid UTF-8 in column {text_column!r} at row {bad}; re-encode the file as UTF-8 or drop that row"
+    )
 
 
 def _expand(spec: str) -> tuple[str | None, list[str]]:

@@ -10,7 +10,11 @@ is written last, once every unit is done; readers (`PackedLoader`, `mix`, `shuff
 directory without it.
 
 All inputs are validated before anything is written (`huginn.data.sources`), so bad input
-leaves no output at all. Memory per worker is bounded by one record batch plus one row group.
+leaves no output at all; a user mistake found later (text that is not UTF-8) removes the output
+of a job the same call started, so a rerun after fixing the input starts clean. Temporary files
+live in OUT/.tmp, which is removed on every exit (error, Ctrl-C, and SIGTERM from the command
+line) and at the start of a rerun. Memory per worker is bounded by one record batch plus one row
+group.
 
 Non-goals: cross-machine scheduling (see `huginn.data.scaleout`, which runs these same units
 on datatrove executors).
@@ -18,21 +22,25 @@ on datatrove executors).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from huginn.data.packing import COLUMN, RowPacker, ShardWriter, frame_documents
-from huginn.data.sources import InputFile, open_parquet, resolve_inputs
+from huginn.data.sources import InputFile, decode_texts, open_parquet, resolve_inputs
 from huginn.errors import HuginnError
+from huginn.outdir import check_writable_out
 
 MANIFEST = "manifest.json"
 PROGRESS = ".progress"
+TMP = ".tmp"  # temporary files of units in flight (`huginn.data.packing.ShardWriter`)
 FORMAT = "huginn-packed"
 MIN_UNITS = 16  # split small inputs at least this finely (by row group) so workers share them
 
@@ -79,6 +87,12 @@ def default_row_group_rows(seq_len: int, target_bytes: int = 8 << 20) -> int:
     return max(1, target_bytes // (4 * (seq_len + 1)))
 
 
+def check_count(flag: str, value: int | None) -> None:
+    """Raise a one-line `HuginnError` if an optional count (None: the default) is below 1."""
+    if value is not None and value < 1:
+        raise HuginnError(f"{flag} must be at least 1, got {value}; leave it out for the default")
+
+
 def make_settings(
     tokenizer_dir: str | Path,
     text_column: str,
@@ -92,13 +106,13 @@ def make_settings(
 
     if seq_len < 1:
         raise HuginnError(f"--seq-len must be at least 1, got {seq_len}")
+    check_count("--rows-per-file", rows_per_file)
+    check_count("--row-group-rows", row_group_rows)
     tok = load_tokenizer(tokenizer_dir)
     ids = tokenizer_ids(tok)
     sha = hashlib.sha256((Path(tokenizer_dir) / "tokenizer.json").read_bytes()).hexdigest()
     rpf = rows_per_file or default_rows_per_file(seq_len)
     rgr = min(row_group_rows or default_row_group_rows(seq_len), rpf)
-    if rpf < 1 or rgr < 1:
-        raise HuginnError("--rows-per-file and row group rows must be positive")
     return PackSettings(
         str(Path(tokenizer_dir).resolve()),
         sha,
@@ -140,7 +154,8 @@ def plan_units(files: Sequence[InputFile], unit_bytes: int = 64 << 20, min_units
 _TOK = None  # the worker process's tokenizer, loaded once
 
 
-def _worker_init(tokenizer_dir: str, parallel: bool) -> None:
+def _worker_init(tokenizer_dir: str, parallel: bool):
+    """Load this process's tokenizer (once) and return it."""
     global _TOK
     # Workers are processes; the tokenizer's own thread pool would oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
@@ -148,12 +163,19 @@ def _worker_init(tokenizer_dir: str, parallel: bool) -> None:
 
     _TOK = load_tokenizer(tokenizer_dir)
     _TOK.encode_special_tokens = True  # "<|pad|>" inside a document is text, not a control id
+    return _TOK
+
+
+def _pool_worker_init(tokenizer_dir: str) -> None:
+    # a forked worker inherits the command line's SIGTERM handler (which stops the parent's job
+    # loop); the worker itself just ends, and the parent removes what it left in OUT/.tmp
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _worker_init(tokenizer_dir, parallel=False)
 
 
 def run_unit(unit: Unit, settings: PackSettings, out_dir: str, batch_bytes: int = 8 << 20) -> dict:
     """Tokenize and pack one unit; returns (and records) its output files and counts."""
-    if _TOK is None:
-        _worker_init(settings.tokenizer_dir, parallel=True)
+    tok = _TOK if _TOK is not None else _worker_init(settings.tokenizer_dir, parallel=True)
     out = Path(out_dir)
     pf = open_parquet(unit.path, settings.text_column)
     meta = pf.metadata
@@ -167,15 +189,18 @@ def run_unit(unit: Unit, settings: PackSettings, out_dir: str, batch_bytes: int 
     try:
         for rg in unit.row_groups:
             r = meta.row_group(rg)
+            row = sum(meta.row_group(i).num_rows for i in range(rg))  # first row of rg in the file
             avg = max(1, r.column(col).total_uncompressed_size // max(1, r.num_rows))
             batch_rows = max(16, min(8192, batch_bytes // avg))  # bounded bytes per batch
             for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=[settings.text_column]):
-                texts = [t for t in batch.column(0).to_pylist() if t]  # null and empty documents have no tokens
+                # null and empty documents have no tokens
+                texts = [t for t in decode_texts(batch.column(0), unit.path, settings.text_column, row) if t]
+                row += batch.num_rows
                 if not texts:
                     continue
                 docs += len(texts)
                 chars += sum(map(len, texts))
-                encs = _TOK.encode_batch_fast(texts, add_special_tokens=False)
+                encs = tok.encode_batch_fast(texts, add_special_tokens=False)
                 writer.write(packer.add(frame_documents([e.ids for e in encs], settings.bos, settings.eos)))
         writer.write(packer.finish(settings.pad))
         files = writer.commit()
@@ -217,15 +242,13 @@ def prepare_job(
 ) -> tuple[PackSettings, list[Unit], list[InputFile]]:
     """Validate everything, plan the units and record the job in OUT/.progress/job.json (or check
     that a job found there is this one). Nothing is written when any input is bad."""
+    out = check_writable_out(out_dir)
     files = resolve_inputs(inputs, text_column)  # validates everything before writing anything
     settings = make_settings(
         tokenizer_dir, text_column, seq_len, rows_per_file=rows_per_file, row_group_rows=row_group_rows, add_bos=add_bos
     )
     # the plan must not depend on --workers: output bytes and resume are the same for any count
     units = plan_units(files, unit_bytes, min_units=MIN_UNITS)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise HuginnError(f"--out {out} is a file; pass a directory")
     job = _job_record(settings, units)
     job_path = out / PROGRESS / "job.json"
     if job_path.exists():
@@ -283,38 +306,51 @@ def tokenize_parquet(
     add_bos: bool = True,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Tokenize and pack `inputs` into `out_dir`; returns the manifest. Resumes a stopped job."""
-    settings, units, files = prepare_job(
-        inputs,
-        tokenizer_dir,
-        out_dir,
-        text_column=text_column,
-        seq_len=seq_len,
-        rows_per_file=rows_per_file,
-        row_group_rows=row_group_rows,
-        unit_bytes=unit_bytes,
-        add_bos=add_bos,
-    )
+    """Tokenize and pack `inputs` into `out_dir`; returns the manifest. Resumes a stopped job.
+
+    An interruption (an exception, KeyboardInterrupt) keeps the finished units for a rerun; a user
+    mistake (`HuginnError`, e.g. text that is not UTF-8) removes `out_dir` when this call created it.
+    """
     out = Path(out_dir)
-    _, _, records = load_job(out)
-    todo = [u for u in units if u.index not in records]
-    if progress:
-        progress(
-            {
-                "event": "start",
-                "units": len(units),
-                "todo": len(todo),
-                "skipped": len(records),
-                "bytes": sum(sum(f.text_bytes) for f in files),
-            }
-        )
+    created = not out.exists()
     try:
-        for rec in _run_units(todo, settings, str(out), workers):
+        settings, units, files = prepare_job(
+            inputs,
+            tokenizer_dir,
+            out,
+            text_column=text_column,
+            seq_len=seq_len,
+            rows_per_file=rows_per_file,
+            row_group_rows=row_group_rows,
+            unit_bytes=unit_bytes,
+            add_bos=add_bos,
+        )
+        _, _, records = load_job(out)
+        todo = [u for u in units if u.index not in records]
+        try:
+            shutil.rmtree(out / TMP, ignore_errors=True)  # left by a killed run; never reused
             if progress:
-                progress({"event": "unit", **rec})
-    finally:
-        shutil.rmtree(out / ".tmp", ignore_errors=True)
-    return finalize_job(out)
+                progress(
+                    {
+                        "event": "start",
+                        "units": len(units),
+                        "todo": len(todo),
+                        "skipped": len(records),
+                        "bytes": sum(sum(f.text_bytes) for f in files),
+                    }
+                )
+            # closing: the worker pool is shut down before OUT/.tmp goes, so no worker recreates it
+            with contextlib.closing(_run_units(todo, settings, str(out), workers)) as results:
+                for rec in results:
+                    if progress:
+                        progress({"event": "unit", **rec})
+        finally:
+            shutil.rmtree(out / TMP, ignore_errors=True)
+        return finalize_job(out)
+    except HuginnError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _run_units(todo: Sequence[Unit], settings: PackSettings, out: str, workers: int):
@@ -323,23 +359,22 @@ def _run_units(todo: Sequence[Unit], settings: PackSettings, out: str, workers: 
             yield run_unit(u, settings, out)
         return
     import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, as_completed, wait
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # fork where there is one: a spawned worker would re-import torch and transformers (seconds
     # each, via `import huginn`); workers never touch torch, and they switch the tokenizer's
     # thread pool off, so the usual fork hazards do not apply.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(
-        workers, mp_context=mp.get_context(method), initializer=_worker_init, initargs=(settings.tokenizer_dir, False)
+        workers, mp_context=mp.get_context(method), initializer=_pool_worker_init, initargs=(settings.tokenizer_dir,)
     ) as pool:
         futures = [pool.submit(run_unit, u, settings, out) for u in todo]
         try:
             for fut in as_completed(futures):
                 yield fut.result()
         except BaseException:
-            for f in futures:
-                f.cancel()
-            wait(futures, return_when=FIRST_EXCEPTION)
+            # units not started are dropped; units in flight finish (their records count on resume)
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
 
 

@@ -74,6 +74,14 @@ def special_token_ids(vocab_size: int) -> dict[str, int]:
     return {tok: base + i for i, tok in enumerate(SPECIAL_TOKENS)}
 
 
+def check_vocab_size(vocab_size: int) -> None:
+    """Raise a `HuginnError` unless `vocab_size` holds every byte and the special-token block."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise HuginnError(
+            f"--vocab-size {vocab_size} is too small; use at least {MIN_VOCAB_SIZE} (256 bytes + 32 special tokens)"
+        )
+
+
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int,
@@ -85,14 +93,12 @@ def train_tokenizer(
     """Train byte-level BPE on `texts` and save a transformers-loadable tokenizer in `out_dir`.
 
     The vocabulary has exactly `vocab_size` ids: BPE tokens, then `<|reserved_i|>` fillers when
-    the corpus is too small to learn enough merges, then the 32 special tokens.
+    the corpus is too small to learn enough merges, then the 32 special tokens. Null and empty
+    texts are skipped; when nothing is left, a `HuginnError` is raised and nothing is written.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < MIN_VOCAB_SIZE:
-        raise HuginnError(
-            f"--vocab-size {vocab_size} is too small; use at least {MIN_VOCAB_SIZE} (256 bytes + 32 special tokens)"
-        )
+    check_vocab_size(vocab_size)
     n_regular = vocab_size - len(SPECIAL_TOKENS)
     tok = Tokenizer(models.BPE())
     # digits first become single-character pieces, then GPT-2 byte-level splitting on the rest
@@ -111,7 +117,19 @@ def train_tokenizer(
         show_progress=False,
         max_token_length=32,
     )
-    tok.train_from_iterator((t[:MAX_DOC_CHARS] for t in texts), trainer=trainer, length=length)
+    seen = 0
+
+    def documents() -> Iterator[str]:
+        nonlocal seen
+        for t in texts:
+            if t:
+                seen += 1
+                yield t[:MAX_DOC_CHARS]
+
+    tok.train_from_iterator(documents(), trainer=trainer, length=length)
+    if seen == 0:
+        # BPE on no text is only the byte alphabet: a tokenizer that looks fine but learned nothing
+        raise HuginnError("no text to train on: every document is null or empty; check --input and --text-column")
     n_learned = tok.get_vocab_size()
     if n_learned > n_regular:  # cannot happen with the trainer's limit; guard the id layout anyway
         raise HuginnError(f"BPE learned {n_learned} tokens for {n_regular} slots; report this as a bug")
@@ -183,12 +201,15 @@ def check_vocab(tokenizer_dir: str | Path, model_vocab_size: int) -> int:
 
 
 def iter_texts(paths: Sequence[str | Path], text_column: str, batch_rows: int = 1024) -> Iterator[str]:
-    """Stream the text column of parquet files (bounded memory); null rows are skipped."""
-    from huginn.data.sources import open_parquet
+    """Stream the text column of parquet files (bounded memory); null and empty rows are skipped.
+    Invalid UTF-8 raises a one-line `HuginnError` naming the file and row."""
+    from huginn.data.sources import decode_texts, open_parquet
 
     for path in paths:
         pf = open_parquet(path, text_column)
+        row = 0
         for batch in pf.iter_batches(batch_size=batch_rows, columns=[text_column]):
-            for t in batch.column(0).to_pylist():
+            for t in decode_texts(batch.column(0), path, text_column, row):
                 if t:
                     yield t
+            row += batch.num_rows
