@@ -51,3 +51,43 @@ def test_unknown_model_type(tmp_path):
 def test_demo_runs():
     out = huginn("demo", "--shape", "tiny", "--steps", "1,4,8", "--seq-len", "8").stdout
     assert "num_steps" in out
+
+
+def _main(argv, capsys):
+    """(exit code, stdout, stderr) of `huginn ARGV`, in this process (no interpreter start-up)."""
+    from huginn.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["info", "tiny", "--context", "-5"], "--context"),
+        (["info", "tiny", "--context", "0"], "--context"),
+        (["demo", "--shape", "tiny", "--seq-len", "0"], "--seq-len"),
+        (["demo", "--shape", "tiny", "--steps", "-1"], "--steps"),
+        (["generate", "x", "hi", "--exit", "kl:-1"], "exit_threshold for kl must be >= 0"),
+        (["generate", "x", "hi", "--exit", "argmax-stability:0"], "an integer >= 1"),
+        (["generate", "x", "hi", "--exit", "none:5"], "exit criterion 'none' takes no threshold"),
+        (["generate", "x", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["generate", "x", "hi", "--num-steps", "-2"], "--num-steps"),
+        (["retrofit", "base", "out", "--seed", "-1", "--core", "0"], "--seed"),
+        (["retrofit", "base", "out", "--mean-recurrence", "0", "--core", "0"], "--mean-recurrence"),
+    ],
+)
+def test_bad_numbers_are_refused_in_one_line(args, needle, capsys):
+    code, out, err = _main(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and needle in lines[0], err
+
+
+def test_info_context_is_used(capsys):
+    code, out, _ = _main(["info", "tiny", "--json", "--context", "1", "--steps", "1"], capsys)
+    assert code == 0 and json.loads(out)["context"] == 1

@@ -124,8 +124,8 @@ def test_never_exiting_criterion_equals_fixed_depth(reference_model, expected):
         prompt,
         max_new_tokens=8,
         num_steps=5,
-        criterion="kl",
-        exit_threshold=-1.0,
+        criterion="latent-diff",
+        exit_threshold=0.0,  # a relative distance is never < 0
         init_scale=0.0,
         return_dict_in_generate=True,
     )
@@ -139,6 +139,11 @@ def test_never_exiting_criterion_equals_fixed_depth(reference_model, expected):
         (dict(criterion="entropy"), "unknown exit criterion 'entropy'; valid: entropy-diff"),
         (dict(criterion="kl", exit_threshold="high"), "exit_threshold for kl must be a number"),
         (dict(criterion="argmax-stability", exit_threshold=2.5), "integer"),
+        (dict(criterion="argmax-stability", exit_threshold=0), "an integer >= 1"),
+        (dict(criterion="kl", exit_threshold=-1.0), "exit_threshold for kl must be >= 0"),
+        (dict(criterion="latent-diff", exit_threshold=-0.1), "exit_threshold for latent-diff must be >= 0"),
+        (dict(criterion="none", exit_threshold=5), "criterion 'none' never exits and takes no exit_threshold"),
+        (dict(num_step=4), "did you mean 'num_steps'"),
         (dict(cache_lookup_strategy="nearest-m4"), "unknown cache lookup strategy"),
         (dict(num_steps=0), "num_steps must be an integer >= 1"),
         (dict(min_steps=-1), "min_steps"),
@@ -162,8 +167,32 @@ def test_prompt_longer_than_block_size(reference_model):
 def test_parse_exit():
     assert parse_exit("kl:5e-4") == ("kl", 5e-4)
     assert parse_exit("latent-diff") == ("latent-diff", "auto")
+    assert parse_exit("kl:0") == ("kl", 0.0)  # allowed: never exits
+    assert parse_exit("argmax-stability:1") == ("argmax-stability", 1.0)
+    assert parse_exit("none") == ("none", "auto")
     with pytest.raises(HuginnError, match="not a number"):
         parse_exit("kl:abc")
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("kl:-1", "exit_threshold for kl must be >= 0"),
+        ("minp-kl:-1e-5", "exit_threshold for minp-kl must be >= 0"),
+        ("entropy-diff:-0.5", "exit_threshold for entropy-diff must be >= 0"),
+        ("cosine:-1", "exit_threshold for cosine must be >= 0"),
+        ("argmax-stability:0", "an integer >= 1"),
+        ("argmax-stability:-3", "an integer >= 1"),
+        ("argmax-stability:2.5", "an integer >= 1"),
+        ("none:5", "exit criterion 'none' takes no threshold"),
+        ("none:", "exit criterion 'none' takes no threshold"),
+        ("kl:nan", "must be a number"),
+    ],
+)
+def test_parse_exit_checks_the_threshold_by_criterion(spec, match):
+    with pytest.raises(HuginnError, match=match) as err:
+        parse_exit(spec)
+    assert "\n" not in str(err.value)
     assert make_criterion("none") is None
     with pytest.raises(HuginnError, match="reset"):
         make_criterion(42)  # type: ignore[arg-type]

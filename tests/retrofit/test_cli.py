@@ -142,3 +142,63 @@ def test_cli_refuses_to_clobber(base_dirs, tmp_path, capsys):
     assert run(["retrofit", llama, str(out), "--core", "1"], capsys)[0] == 0
     assert run(["retrofit", llama, str(out), "--core", "1-2", "--overwrite"], capsys)[0] == 0
     assert json.loads((out / "config.json").read_text())["retrofit"]["core"] == [1, 2]
+
+
+def _break_base(folder, kind):
+    import os
+
+    cfg_file, weights = folder / "config.json", folder / "model.safetensors"
+    if kind == "invalid-json":
+        cfg_file.write_text("{oops")
+    elif kind == "no-model-type":
+        cfg = json.loads(cfg_file.read_text())
+        del cfg["model_type"]
+        cfg_file.write_text(json.dumps(cfg))
+    elif kind == "truncated":
+        os.truncate(weights, weights.stat().st_size // 2)
+    elif kind == "empty":
+        weights.write_bytes(b"")
+    elif kind == "no-weights":
+        weights.unlink()
+    elif kind == "missing-layer":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(weights))
+        del tensors["model.layers.3.mlp.up_proj.weight"]
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("invalid-json", "config.json is not valid JSON"),
+        ("no-model-type", "config.json has no model_type"),
+        ("truncated", "model.safetensors is not a readable safetensors file"),
+        ("empty", "model.safetensors is empty"),
+        ("no-weights", "has no weights (model.safetensors)"),
+        ("missing-layer", "missing weights model.layers.3.mlp.up_proj.weight"),
+    ],
+)
+def test_cli_broken_base_is_one_line(base_dirs, tmp_path, capsys, monkeypatch, kind, needle):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(base_dirs["llama-gqa-tied"], base)
+    _break_base(base, kind)
+    monkeypatch.setattr("sys.stdin", None)  # no trust_remote_code question
+    out = tmp_path / "out"
+    code, _, err = run(["retrofit", str(base), str(out), "--core", "1-2", "--no-check"], capsys)
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_out_is_checked_before_any_work(base_dirs, tmp_path, capsys, monkeypatch):
+    import huginn.retrofit as api
+
+    monkeypatch.setattr(api, "load_base_config", lambda *a: pytest.fail("read the base before checking OUT"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    llama = str(base_dirs["llama-gqa-tied"])
+    for out, needle in ((blocker, "is a file"), (blocker / "sub", "cannot be created")):
+        code, _, err = run(["retrofit", llama, str(out), "--core", "1"], capsys)
+        assert code == 2 and needle in err and err.count("\n") == 1, err

@@ -15,7 +15,7 @@ import click
 @click.command()
 @click.option("--shape", default="small", show_default=True, help="Named shape to build (see `huginn info`).")
 @click.option("--steps", default="1,2,4,8,16,32", show_default=True, help="num_steps values to run.")
-@click.option("--seq-len", default=64, show_default=True, help="Tokens in the demo input.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True, help="Tokens in the demo input.")
 @click.option("--seed", default=0, show_default=True)
 def demo(shape: str, steps: str, seq_len: int, seed: int) -> None:
     """Outputs and cost of a tiny built-in model at several depths."""

@@ -32,18 +32,15 @@ def _check(opts: dict) -> None:
 
 def _load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    import huginn  # noqa: F401  (registers the model type)
+    from huginn.checkpoint import check_checkpoint, load_checkpoint
 
     hf_logging.disable_progress_bar()
 
     path = Path(checkpoint)
-    if not (path / "config.json").exists():
-        raise HuginnError(
-            f"{checkpoint} is not a checkpoint folder (no config.json); pass a folder written by save_pretrained"
-        )
+    check_checkpoint(path)  # config.json and weight files, before the tokenizer reads the folder
     tok_path = Path(tokenizer_dir) if tokenizer_dir else path
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
@@ -52,10 +49,10 @@ def _load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
             f"no tokenizer found in {tok_path}; pass --tokenizer DIR (a folder with tokenizer.json)"
         ) from None
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).eval()
-    if len(tokenizer) > model.model_config.padded_vocab_size:
+    model = load_checkpoint(path, dtype=torch_dtype)
+    if len(tokenizer) > model.model_config.vocab_size:
         raise HuginnError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model only {model.model_config.padded_vocab_size}; "
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {model.model_config.vocab_size} (its vocab_size); "
             "pass the model's own tokenizer with --tokenizer"
         )
     return model, tokenizer

@@ -22,7 +22,13 @@ def _parse_steps(text: str) -> list[int]:
 @click.command()
 @click.argument("checkpoint_or_shape")
 @click.option("--steps", default="1,4,8,16,32,64", show_default=True, help="num_steps values to cost.")
-@click.option("--context", default=1024, show_default=True, help="Tokens attended to, for attention FLOPs.")
+@click.option(
+    "--context",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Tokens attended to (at least the token itself), for attention FLOPs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def info(checkpoint_or_shape: str, steps: str, context: int, as_json: bool) -> None:
     """Shape, parameters by part (embedding, prelude, core, coda) and materialized parameters and
@@ -76,13 +82,15 @@ def info(checkpoint_or_shape: str, steps: str, context: int, as_json: bool) -> N
         t.add_row(k, str(v))
     console.print(t)
     p = Table(title="parameters by part")
-    p.add_column("part"), p.add_column("parameters", justify="right"), p.add_column("share", justify="right")
+    p.add_column("part")
+    p.add_column("parameters", justify="right")
+    p.add_column("share", justify="right")
     for k, v in parts.items():
         p.add_row(k, f"{v:,}", f"{100 * v / pc.total:.1f}%")
     console.print(p)
     c = Table(title=f"cost per token (attention over {context} tokens)")
-    c.add_column("num_steps", justify="right"), c.add_column("materialized params", justify="right")
-    c.add_column("GFLOP / token", justify="right"), c.add_column("vs 1 step", justify="right")
+    for col in ("num_steps", "materialized params", "GFLOP / token", "vs 1 step"):
+        c.add_column(col, justify="right")
     for row in cost:
         c.add_row(
             str(row["num_steps"]),

@@ -68,7 +68,13 @@ import click
     show_default=True,
     help="Check that num_steps=1 reproduces the base cut to the mapped layers (fp32, 1e-4).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random adapter (--injection linear).")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the random adapter (--injection linear).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it already holds a checkpoint.")
 def retrofit(
     base,
@@ -102,7 +108,10 @@ def retrofit(
     from rich.console import Console
     from transformers.utils import logging as hf_logging
 
+    from huginn.outdir import check_writable_out
     from huginn.retrofit import retrofit as run
+
+    check_writable_out(out, "OUT")
 
     hf_logging.disable_progress_bar()  # the status line below is the progress display
     console = Console(stderr=True)

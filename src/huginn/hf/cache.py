@@ -42,7 +42,7 @@ class HuginnDynamicCache(Cache):
         return len(self.key_cache)
 
     @property
-    def is_initialized(self) -> bool:  # type: ignore[override]
+    def is_initialized(self) -> bool:
         return bool(self.key_cache)
 
     def reset(self) -> None:

@@ -14,11 +14,15 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from huginn.config import ModelConfig
+from huginn.config import BlockType, ModelConfig
 from huginn.errors import HuginnError
 
-BLOCK_CLASS_NAMES = {"sandwich": "SandwichBlock", "prenorm": "PreNormBlock", "postnorm": "PostNormBlock"}
-BLOCK_TYPES_BY_CLASS = {v: k for k, v in BLOCK_CLASS_NAMES.items()}
+BLOCK_CLASS_NAMES: dict[BlockType, str] = {
+    "sandwich": "SandwichBlock",
+    "prenorm": "PreNormBlock",
+    "postnorm": "PostNormBlock",
+}
+BLOCK_TYPES_BY_CLASS: dict[str, BlockType] = {v: k for k, v in BLOCK_CLASS_NAMES.items()}
 
 # the published fields, in the published order, with the published defaults (nebel-raven-3.5b)
 PUBLISHED_DEFAULTS: dict[str, Any] = {
@@ -78,7 +82,9 @@ class RavenConfig(PretrainedConfig):
                 setattr(self, name, kwargs.pop(alias))
         self.rope_base = kwargs.pop("rope_base", 50_000)
         self.num_key_value_heads = kwargs.pop("num_key_value_heads", self.n_heads)
-        self.head_dim = kwargs.pop("head_dim", self.n_embd // self.n_heads)
+        self.head_dim = (
+            kwargs.pop("head_dim") if "head_dim" in kwargs else _divide(self.n_embd, self.n_heads, floor=True)
+        )
         self.padded_vocab_size = kwargs.pop("padded_vocab_size", None) or _find_multiple(
             self.vocab_size, self.padding_multiple
         )
@@ -87,13 +93,14 @@ class RavenConfig(PretrainedConfig):
         self.effective_expected_depth = (
             self.n_layers_in_prelude + self.n_layers_in_coda + self.n_layers_in_recurrent_block * self.mean_recurrence
         )
-        std = math.sqrt(2 / (5 * self.n_embd)) if self.init_std is None else self.init_std
+        # derived values; an invalid shape gives NaN here and a one-line error in to_model_config
+        std = _sqrt(_divide(2, 5 * self.n_embd)) if self.init_std is None else self.init_std
         init_values = kwargs.pop("init_values", None) or {}
         self.init_values = {
             "std": std,
-            "out_proj": std / math.sqrt(2 * self.effective_expected_depth),
+            "out_proj": _divide(std, _sqrt(2 * self.effective_expected_depth)),
             "embedding": std,
-            "embed_scale": math.sqrt(self.n_embd) if self.embed_scale is None else self.embed_scale,
+            "embed_scale": _sqrt(self.n_embd) if self.embed_scale is None else self.embed_scale,
         }
         if init_values.get("embed_scale") is not None and self.embed_scale is None:
             self.init_values["embed_scale"] = init_values["embed_scale"]  # a retrofitted model's 1.0
@@ -196,4 +203,18 @@ class RavenConfig(PretrainedConfig):
 
 
 def _find_multiple(n: int, k: int) -> int:
+    if not isinstance(n, int) or not isinstance(k, int) or k < 1:
+        return n  # an invalid shape: to_model_config names it
     return n if n % k == 0 else n + k - (n % k)
+
+
+def _divide(a: Any, b: Any, floor: bool = False) -> Any:
+    """a / b (or a // b), or NaN where the config's numbers make no sense (to_model_config names them)."""
+    try:
+        return a // b if floor else a / b
+    except (ArithmeticError, TypeError):
+        return math.nan
+
+
+def _sqrt(x: Any) -> float:
+    return math.sqrt(x) if isinstance(x, (int, float)) and x >= 0 else math.nan

@@ -10,7 +10,10 @@ Non-goals: generation strategies and fast caches (`huginn.infer`).
 
 from __future__ import annotations
 
+import inspect
+import os
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +22,13 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import ModelOutput
 
+from huginn.config import ModelConfig
 from huginn.errors import HuginnError
 from huginn.hf.cache import HuginnDynamicCache
 from huginn.hf.configuration import RavenConfig
 from huginn.model.init import init_module
-from huginn.model.layers import rope_table
-from huginn.model.recurrent import RecurrentLM
+from huginn.model.layers import KVCache, rope_table
+from huginn.model.recurrent import RecurrentLM, Steps, check_forward_kwargs
 
 
 @dataclass
@@ -41,6 +45,7 @@ class CausalLMOutputRecurrentLatents(ModelOutput):
 
 
 class RavenPreTrainedModel(PreTrainedModel):
+    model_config: ModelConfig
     config_class = RavenConfig
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
@@ -57,6 +62,7 @@ class RavenPreTrainedModel(PreTrainedModel):
 
 class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    accepts_loss_kwargs = False  # the Trainer must not pass num_items_in_batch: the loss is a mean
 
     def __init__(self, config: RavenConfig):
         super().__init__(config)
@@ -69,10 +75,12 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
     def get_output_embeddings(self) -> torch.nn.Module:
         return self.lm_head
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Any = None, every_n_layers: int = 1
+    ) -> None:
         self.checkpoint_core = enable
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None, **kwargs: Any) -> None:
         self.checkpoint_core = True
 
     def gradient_checkpointing_disable(self) -> None:
@@ -86,7 +94,7 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
         past_key_values: Cache | None = None,
         labels: Tensor | None = None,
         use_cache: bool | None = None,
-        num_steps: int | tuple[int, int] | None = None,
+        num_steps: Steps | None = None,
         init_scale: float = 1.0,
         input_states: Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -95,6 +103,9 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
         cache_position: Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputRecurrentLatents:
+        check_forward_kwargs({k: v for k, v in kwargs.items() if k not in HF_FORWARD_KWARGS}, FORWARD_NAMES)
+        if kwargs.get("inputs_embeds") is not None:
+            raise HuginnError("inputs_embeds is not supported by recurrent-depth models; pass input_ids")
         if input_ids is None:
             raise HuginnError("input_ids is required")
         cache = past_key_values
@@ -115,7 +126,7 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
             generator=generator,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
+            cache=cast(KVCache | None, cache),  # a huginn cache (checked above)
             return_states=return_states,
         )
         loss = log_ppl = None
@@ -137,7 +148,7 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
 
     # --- generation (huginn.infer does the work) ---------------------------------------------------
     @torch.no_grad()
-    def generate(self, inputs: Tensor | None = None, generation_config=None, **kwargs):  # type: ignore[override]
+    def generate(self, inputs: Tensor | None = None, generation_config=None, **kwargs):
         """The model card's API: `generate(input_ids, generation_config, num_steps=..., criterion=...,
         exit_threshold=..., continuous_compute=..., cache_lookup_strategy=..., draft_steps=..., ...)`.
         With `return_dict_in_generate=True` the output carries `compute_steps` (B, new_tokens)."""
@@ -154,27 +165,28 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
     # --- loading -------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """Load a published-format checkpoint; missing or unexpected weights are an error, named."""
+        """Load a published-format checkpoint; missing or unexpected weights are an error, named.
+        A local folder is checked first (`huginn.checkpoint`): a broken config.json or weight file
+        is a one-line error, and transformers' multi-line load report is not printed."""
+        from huginn.checkpoint import check_checkpoint, load_problems, quiet_load_report
+
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+        where = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        local = where is not None and os.path.isdir(where)
+        if local and not any(kwargs.get(k) for k in ("subfolder", "variant", "gguf_file", "state_dict")):
+            check_checkpoint(where, read_config=kwargs.get("config") is None)
         # let transformers finish loading, then report every problem in one line of our own
-        model, info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
-        missing = sorted(k for k in info.get("missing_keys", ()) if k not in _OPTIONAL_KEYS)
-        if model.model_config.tie_embeddings:
-            missing = [k for k in missing if k != "lm_head.weight"]
-        unexpected = sorted(k for k in info.get("unexpected_keys", ()) if k not in _OPTIONAL_KEYS)
-        mismatched = () if allow_mismatch else info.get("mismatched_keys", ())
-        if missing or unexpected or mismatched:
-            parts = []
-            if missing:
-                parts.append(f"missing weights {_names(missing)}")
-            if unexpected:
-                parts.append(f"unexpected weights {_names(unexpected)}")
-            if mismatched:
-                parts.append(
-                    f"weights of the wrong shape {_names([m[0] if isinstance(m, tuple) else m for m in mismatched])}"
-                )
-            raise HuginnError(f"checkpoint does not match its config.json: {'; '.join(parts)}")
+        with quiet_load_report(enabled=not allow_mismatch):
+            model, info = super().from_pretrained(
+                *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+        # the RoPE table may be absent (it is rebuilt), and so may a tied head; a stored copy of a tied head is fine
+        optional = _OPTIONAL_KEYS if model.model_config.tie_embeddings else {"freqs_cis"}
+        parts = load_problems(info, optional, mismatched=not allow_mismatch, extra_ok=_OPTIONAL_KEYS)
+        if parts:
+            fix = "fix the shape fields of config.json or use the checkpoint's own config"
+            raise HuginnError(f"checkpoint {where} does not match its config.json: {'; '.join(parts)}; {fix}")
         if "freqs_cis" in info.get("missing_keys", ()):
             mc = model.model_config
             model.freqs_cis = rope_table(mc.dim_head, mc.block_size, mc.rope_base, mc.rope_scaling).to(model.device)
@@ -182,11 +194,12 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
 
 
 _OPTIONAL_KEYS = {"freqs_cis", "lm_head.weight"}
-
-
-def _names(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+# what transformers' own machinery (pipelines, tokenizers' outputs, Trainer, generation utilities)
+# may pass to forward besides the named arguments; accepted, and they change nothing here
+HF_FORWARD_KWARGS = {"output_attentions", "output_hidden_states", "token_type_ids", "inputs_embeds"}
+FORWARD_NAMES = sorted(
+    {*inspect.signature(RavenForCausalLM.forward).parameters, *HF_FORWARD_KWARGS} - {"self", "kwargs"}
+)
 
 
 HuginnForCausalLM = RavenForCausalLM

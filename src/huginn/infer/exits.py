@@ -15,6 +15,9 @@ the real, non-padded positions only). Thresholds default to the published "auto"
 | cosine           | 1 - cos(s_t, s_{t-1})                | < thr    | 1e-3  |
 | none             | never exits                          |          |       |
 
+Thresholds are checked by meaning: the distances and divergences take a number >= 0 (0: never
+exits), argmax-stability a count >= 1, and `none` no number at all.
+
 Any object with `uses_logits`, `reset(state, mask)` and `check(state, logits, mask) -> (B,) bool`
 is a criterion (the `ExitCriterion` protocol). Non-goals: the stepping loop (`huginn.infer.generate`).
 """
@@ -51,17 +54,26 @@ def _seq_mean(values: Tensor, mask: Tensor | None) -> Tensor:
 
 
 class _Threshold:
+    """A criterion that compares a distance or divergence (>= 0) with a threshold >= 0."""
+
     uses_logits = False
     auto: float = 0.0
+    name = "criterion"
 
-    def __init__(self, threshold: float | str = "auto"):
+    def __init__(self, threshold: float | str | None = "auto"):
         if threshold == "auto" or threshold is None:
             threshold = self.auto
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise HuginnError(f"exit_threshold for {self.name} must be a number or 'auto', got {threshold!r}")
         self.threshold = float(threshold)
+        self._check_range(threshold)
 
-    name = "criterion"
+    def _check_range(self, threshold: float) -> None:
+        if threshold < 0:
+            raise HuginnError(
+                f"exit_threshold for {self.name} must be >= 0 (it bounds a distance, which is never negative), "
+                f"got {threshold:g}; e.g. {self.auto:g} (its 'auto' value)"
+            )
 
 
 class EntropyDiff(_Threshold):
@@ -71,6 +83,7 @@ class EntropyDiff(_Threshold):
         self.prev = torch.full((state.shape[0],), 100.0, device=state.device)
 
     def check(self, state: Tensor, logits: Tensor | None, mask: Tensor | None) -> Tensor:
+        assert logits is not None, "entropy-diff uses logits"
         probs = F.softmax(logits, dim=-1)
         entropy = -(probs * torch.log(probs + 1e-10)).sum(dim=-1)
         value, self.prev = (entropy - self.prev).abs(), entropy
@@ -111,6 +124,7 @@ class KL(_Threshold):
         return F.log_softmax(logits, dim=-1)
 
     def check(self, state: Tensor, logits: Tensor | None, mask: Tensor | None) -> Tensor:
+        assert logits is not None, f"{self.name} uses logits"
         log_probs = self._log_probs(logits)
         prev = self.prev if self.prev is not None else torch.full_like(log_probs, 1 / log_probs.shape[-1]).log()
         value = F.kl_div(log_probs, prev, reduction="none", log_target=True).sum(dim=-1)
@@ -131,11 +145,11 @@ class MinPKL(KL):
 class ArgmaxStability(_Threshold):
     name, auto, uses_logits = "argmax-stability", 5, True
 
-    def __init__(self, threshold: float | str = "auto"):
-        super().__init__(threshold)
-        if not float(self.threshold).is_integer():
+    def _check_range(self, threshold: float) -> None:
+        if not float(threshold).is_integer() or threshold < 1:
             raise HuginnError(
-                f"exit_threshold for argmax-stability is a count of steps (an integer), got {threshold!r}"
+                f"exit_threshold for argmax-stability is a count of consecutive steps with the same top token "
+                f"(an integer >= 1), got {threshold:g}; e.g. {self.auto} (its 'auto' value)"
             )
 
     def reset(self, state: Tensor, mask: Tensor | None) -> None:
@@ -143,6 +157,7 @@ class ArgmaxStability(_Threshold):
         self.stable = torch.zeros(state.shape[0], dtype=torch.long, device=state.device)
 
     def check(self, state: Tensor, logits: Tensor | None, mask: Tensor | None) -> Tensor:
+        assert logits is not None, "argmax-stability uses logits"
         top = logits.argmax(dim=-1)
         self.stable = torch.where(top == self.prev, self.stable + 1, torch.zeros_like(self.stable))
         self.prev = top
@@ -167,6 +182,11 @@ def make_criterion(
 ) -> ExitCriterion | None:
     """A criterion object from a name (+ threshold), or the object itself; None/"none" -> None."""
     if criterion is None or criterion == "none":
+        if threshold not in (None, "auto"):
+            raise HuginnError(
+                f"criterion 'none' never exits and takes no exit_threshold, got {threshold!r}; "
+                "drop the threshold or choose a criterion (e.g. kl)"
+            )
         return None
     if isinstance(criterion, str):
         if criterion not in CRITERIA:
@@ -182,12 +202,18 @@ def make_criterion(
 
 def parse_exit(spec: str) -> tuple[str, float | str]:
     """'kl:5e-4' -> ('kl', 5e-4); 'latent-diff' -> ('latent-diff', 'auto') (the CLI's --exit)."""
-    name, _, value = spec.partition(":")
+    name, sep, value = spec.partition(":")
     if name not in CRITERIA:
         raise one_of("exit criterion", name, list(CRITERIA))
+    if name == "none":
+        if sep:
+            raise HuginnError(f"exit criterion 'none' takes no threshold, got {spec!r}; write 'none' or e.g. 'kl:5e-4'")
+        return name, "auto"
     if not value or value == "auto":
         return name, "auto"
     try:
-        return name, float(value)
+        threshold = float(value)
     except ValueError:
         raise HuginnError(f"exit threshold {value!r} in {spec!r} is not a number; write e.g. 'kl:5e-4'") from None
+    CRITERIA[name](threshold)  # its range, now (one line, before anything loads)
+    return name, threshold

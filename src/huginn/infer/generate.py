@@ -19,6 +19,7 @@ first real token. Non-goals: beam search, transformers' logits processors, specu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -31,6 +32,7 @@ from huginn.infer.exits import ExitCriterion
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
 from huginn.infer.sampling import Sampling, next_token
 from huginn.model.layers import AttentionContext
+from huginn.model.recurrent import check_init_scale, check_token_inputs
 
 
 @dataclass
@@ -51,13 +53,14 @@ class Depth:
                 raise HuginnError(f"{name} must be an integer >= 1, got {v!r}")
         if not isinstance(self.min_steps, int) or isinstance(self.min_steps, bool) or self.min_steps < 0:
             raise HuginnError(f"min_steps must be an integer >= 0, got {self.min_steps!r}")
+        check_init_scale(self.init_scale)
 
 
 @dataclass
 class Stopping:
     max_new_tokens: int
     eos_ids: tuple[int, ...] = ()
-    stop_strings: object | None = None  # a transformers StopStringCriteria (needs a tokenizer)
+    stop_strings: Callable[..., Tensor] | None = None  # a transformers StopStringCriteria (needs a tokenizer)
     pad_token_id: int = 0
 
 
@@ -144,14 +147,15 @@ def run_tokens(
             state = torch.where(running[:, None, None], new, state) if batched else new
             if step < depth.min_steps or (step - depth.min_steps) % depth.check_every:
                 continue
-            logits = latents = None
+            step_logits: Tensor | None = None
+            step_latents: Tensor | None = None
             if crit.uses_logits:
-                logits, latents = predict_last(model, state, ctx)
-            exits = crit.check(state, logits, seq_mask) & running
+                step_logits, step_latents = predict_last(model, state, ctx)
+            exits = crit.check(state, step_logits, seq_mask) & running
             if bool(exits.any()):
                 steps = torch.where(exits, step + 1, steps)
-                if logits is not None:
-                    out_logits[exits], out_latents[exits] = logits[exits], latents[exits]
+                if step_logits is not None and step_latents is not None:
+                    out_logits[exits], out_latents[exits] = step_logits[exits], step_latents[exits]
                     have = have | exits
                 running = running & ~exits
                 if not bool(running.any()):
@@ -190,7 +194,13 @@ def generate(
     (`FrozenGraph`: fastest for bf16 on CPUs with AMX; rebuilt when the weights change)."""
     if compile not in (False, True, "frozen"):
         raise HuginnError(f"compile={compile!r} is not a decoding mode; use False, True or 'frozen'")
+    check_token_inputs(input_ids, attention_mask, model.model_config.vocab_size)  # the prompt, once
     B, T = input_ids.shape
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise HuginnError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}; "
+            "pass the tokenizer's mask for the same prompts"
+        )
     check_length(model, T, stopping.max_new_tokens)
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None  # no padding: the unmasked fast path

@@ -14,7 +14,9 @@ Non-goals: beam search and transformers' logits processors (use plain transforme
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,6 +28,7 @@ from huginn.infer.exits import make_criterion
 from huginn.infer.generate import Depth, Stopping, generate
 from huginn.infer.kv_cache import CachePolicy
 from huginn.infer.sampling import Sampling
+from huginn.model.recurrent import check_token_inputs, normalize_steps
 
 OUR_KWARGS = {
     "num_steps",
@@ -76,24 +79,31 @@ def model_generate(model, input_ids: Tensor | None = None, generation_config: Ge
         input_ids = kwargs.pop("inputs", None)
     if input_ids is None:
         raise HuginnError("generate needs input_ids (B, T)")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
     ours = {k: kwargs.pop(k) for k in list(kwargs) if k in OUR_KWARGS}
+    if isinstance(input_ids, Tensor) and input_ids.dim() == 1:  # one prompt (and its mask) without a batch dim
+        input_ids = input_ids[None]
+        mask = ours.get("attention_mask")
+        if isinstance(mask, Tensor) and mask.dim() == 1:
+            ours["attention_mask"] = mask[None]
     gc = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
     unknown = gc.update(**kwargs)
     unknown = {k: v for k, v in unknown.items() if v is not None}
     if unknown:
-        raise HuginnError(f"generate got unknown argument(s) {', '.join(sorted(unknown))}; see docs/inference.md")
+        close = [m for k in sorted(unknown) for m in difflib.get_close_matches(k, OUR_KWARGS, n=1)]
+        hint = f"did you mean {', '.join(repr(m) for m in close)}? " if close else ""
+        raise HuginnError(f"generate got unknown argument(s) {', '.join(sorted(unknown))}; {hint}see docs/inference.md")
     if (gc.num_beams or 1) > 1:
         raise HuginnError("beam search is not supported for recurrent-depth models; use num_beams=1")
     mc = model.model_config
-    num_steps = ours.get("num_steps")
-    if num_steps is None:
-        num_steps = mc.mean_recurrence
-    if isinstance(num_steps, Tensor):
-        num_steps = int(num_steps)
-    if isinstance(num_steps, (tuple, list)):
-        num_steps = sum(num_steps)
+    # the forward's reading of num_steps; decoding runs without gradients, so a pair is its total
+    num_steps = sum(normalize_steps(ours.get("num_steps"), mc.mean_recurrence))
+    attention_mask = ours.get("attention_mask")
+    check_token_inputs(input_ids, attention_mask, mc.vocab_size)
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise HuginnError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}; "
+            "pass the tokenizer's mask for the same prompts"
+        )
     strategy = ours.get("cache_lookup_strategy")
     if strategy is None and ours.get("cache_kwargs"):
         strategy = ours["cache_kwargs"].get("lookup_strategy")
@@ -132,7 +142,6 @@ def model_generate(model, input_ids: Tensor | None = None, generation_config: Ge
     pad = gc.pad_token_id if gc.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     stopping = Stopping(max_new, eos_ids, stop_strings, int(pad))
     sampling = Sampling.from_generation_config(gc)
-    attention_mask = ours.get("attention_mask")
     generator = ours.get("generator")
 
     if any(k in ours for k in ("draft_steps", "lookahead_for_draft", "verification_threshold")):
@@ -169,11 +178,10 @@ def model_generate(model, input_ids: Tensor | None = None, generation_config: Ge
             compile=ours.get("compile", False),
         )
     if gc.return_dict_in_generate:
+        # the cache goes under the installed version's field name (typed as tuples there, hence Any)
+        fields_: dict[str, Any] = {"sequences": result.sequences, CACHE_FIELD: result.cache}
         return HuginnGenerateOutput(
-            sequences=result.sequences,
-            **{CACHE_FIELD: result.cache},
-            compute_steps=result.compute_steps,
-            acceptance_rate=result.extras.get("acceptance_rate"),
+            **fields_, compute_steps=result.compute_steps, acceptance_rate=result.extras.get("acceptance_rate")
         )
     return result.sequences
 

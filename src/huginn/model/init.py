@@ -7,8 +7,13 @@ norms are ones, the qk bias zeros. Every draw is truncated at +-3 sigma.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from huginn.model.recurrent import RecurrentLM
 
 OUT_PROJ_NAMES = ("attn.proj", "mlp.proj")
 
@@ -29,7 +34,7 @@ def init_module(module: nn.Module, name: str, cfg, generator: torch.Generator | 
             module.qk_bias.zero_()
 
 
-def init_weights(model: nn.Module, generator: torch.Generator | None = None) -> None:
+def init_weights(model: RecurrentLM, generator: torch.Generator | None = None) -> None:
     """Initialise every parameter of a RecurrentLM (a tied head is drawn once, as the embedding)."""
     for name, module in model.named_modules():
         if name == "lm_head" and model.model_config.tie_embeddings:

@@ -138,6 +138,9 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.kv_heads, cfg.dim_head
         self.Wqkv = nn.Linear(cfg.n_embd, (self.n_heads + 2 * self.n_kv) * self.hd, bias=False)
+        self.qk_bias: nn.Parameter | None
+        self.q_norm: RMSNorm | None
+        self.k_norm: RMSNorm | None
         if cfg.qk_bias:
             self.qk_bias = nn.Parameter(torch.zeros(2, 1, self.n_heads, self.hd))
         else:
@@ -162,7 +165,7 @@ class Attention(nn.Module):
             q, k = apply_rope(qk, ctx.rope).split([H, KV], dim=2)
         else:
             q, k = qkv[..., : (H + KV) * hd].split([H * hd, KV * hd], dim=-1)
-            if self.q_norm is not None:
+            if self.q_norm is not None and self.k_norm is not None:  # both or neither
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = q.view(B, S, H, hd), k.view(B, S, KV, hd)
             if self.qk_bias is not None:

@@ -7,7 +7,7 @@
                                                   # (coda_input_norm=False: head(ln_f(coda(s_r))), retrofits)
 
 `num_steps` is an int (every step differentiable) or a pair (no_grad_steps, grad_steps) for
-truncated backprop. The model never decides its own depth: callers pass it (training samples it
+truncated backprop; `normalize_steps` reads every accepted spelling (forward and generate use it). The model never decides its own depth: callers pass it (training samples it
 in `huginn.train.steps`). The step-level pieces (`embed`, `initialize_state`, `core_step`,
 `predict`) are public so that inference can exit per token and analysis can look at every state.
 Non-goals: generation loops and cache policies (`huginn.infer`), the transformers API (`huginn.hf`).
@@ -15,7 +15,10 @@ Non-goals: generation loops and cache policies (`huginn.infer`), the transformer
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +29,12 @@ from huginn.errors import HuginnError
 from huginn.model.init import init_weights
 from huginn.model.layers import BLOCKS, AttentionContext, KVCache, RMSNorm, causal_mask, rope_table, run_blocks
 
-Steps = int | tuple[int, int] | list[int]
+Steps = int | Tensor | tuple[int | Tensor, int | Tensor] | list[int | Tensor]
+
+STEPS_HINT = (
+    "pass an int, a 0-dim integer tensor, or a pair (no_grad_steps, grad_steps) of those as a tuple, "
+    "e.g. num_steps=8 or num_steps=(torch.tensor(6), torch.tensor(2))"
+)
 
 
 @dataclass
@@ -37,29 +45,144 @@ class RecurrentOutput:
     states: list[Tensor] | None = None  # the state after every step, when asked for
 
 
-def split_steps(num_steps: Steps | None, default: int) -> tuple[int, int]:
-    """Normalise `num_steps` to (no_grad_steps, grad_steps), rejecting bad values with one line."""
+def _step_count(value: object, what: str) -> int:
+    """One count of `num_steps`: a Python/NumPy integer or an integer tensor of one element."""
+    if isinstance(value, Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise HuginnError(f"{what} must be an integer, got a {value.dtype} tensor; {STEPS_HINT}")
+        if value.dim() == 1 and value.numel() == 2:
+            raise HuginnError(
+                f"{what} is a 1-D tensor of 2 elements, which is not read as a pair; pass a tuple "
+                "(no_grad_steps, grad_steps), e.g. (torch.tensor(6), torch.tensor(2))"
+            )
+        if value.dim() > 1 or value.numel() != 1:
+            raise HuginnError(
+                f"{what} must be a single count, got a tensor of shape {tuple(value.shape)}; {STEPS_HINT}"
+            )
+        return int(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise HuginnError(f"{what} must be an integer, got {value!r}; {STEPS_HINT}")
+    return int(value)
+
+
+def normalize_steps(num_steps: Steps | None, default: int) -> tuple[int, int]:
+    """(no_grad_steps, grad_steps) of any accepted `num_steps`, rejecting the rest with one line.
+
+    Accepted: an int (>= 1), a 0-dim (or one-element) integer tensor, or a tuple/list of two such
+    counts (each >= 0, at least 1 in total), as the reference's training code passes them. A 1-D
+    tensor of two elements is refused, not read as a pair (pass a tuple). None: `default` steps."""
     if num_steps is None:
         num_steps = default
-    if isinstance(num_steps, Tensor):
-        num_steps = num_steps.tolist()
     if isinstance(num_steps, (tuple, list)):
-        if len(num_steps) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) for n in num_steps):
-            raise HuginnError(f"num_steps must be an int or a pair (no_grad_steps, grad_steps), got {num_steps!r}")
-        n, k = num_steps
+        if len(num_steps) != 2:
+            raise HuginnError(f"num_steps pair must have 2 entries, got {len(num_steps)}; {STEPS_HINT}")
+        n = _step_count(num_steps[0], "num_steps[0] (no_grad_steps)")
+        k = _step_count(num_steps[1], "num_steps[1] (grad_steps)")
         if n < 0 or k < 0 or n + k < 1:
-            raise HuginnError(f"num_steps pair {tuple(num_steps)} must be non-negative with at least 1 step in total")
+            raise HuginnError(f"num_steps pair ({n}, {k}) must be non-negative with at least 1 step in total")
         return n, k
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool):
-        raise HuginnError(f"num_steps must be an int or a pair (no_grad_steps, grad_steps), got {num_steps!r}")
-    if num_steps < 1:
-        raise HuginnError(f"num_steps must be >= 1, got {num_steps}")
-    return 0, num_steps
+    steps = _step_count(num_steps, "num_steps")
+    if steps < 1:
+        raise HuginnError(f"num_steps must be an integer >= 1, got {steps}")
+    return 0, steps
+
+
+split_steps = normalize_steps  # the earlier name
+
+
+def check_init_scale(init_scale: object) -> None:
+    """`init_scale` is None (the model's default) or a finite number >= 0."""
+    if init_scale is None:
+        return
+    if isinstance(init_scale, bool) or not isinstance(init_scale, numbers.Real) or not math.isfinite(init_scale):
+        raise HuginnError(f"init_scale must be a number >= 0 (0: a zero initial state), got {init_scale!r}")
+    if init_scale < 0:
+        raise HuginnError(f"init_scale must be >= 0 (0: a zero initial state), got {init_scale!r}")
+
+
+def check_token_inputs(input_ids: object, attention_mask: object, vocab_size: int) -> None:
+    """One-line errors for malformed `input_ids` (B, S) and `attention_mask` (B, S_kv) of 0/1.
+
+    Shapes and dtypes cost nothing; the value checks (ids in [0, vocab_size), mask in {0, 1}) read
+    one small tensor back from the device, and are skipped while torch.compile traces."""
+    if not isinstance(input_ids, Tensor):
+        raise HuginnError(f"input_ids must be a (batch, seq) tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise HuginnError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; pass ids.long()")
+    if input_ids.dim() != 2:
+        raise HuginnError(
+            f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}; add a batch dimension with ids[None]"
+        )
+    if attention_mask is not None:
+        if not isinstance(attention_mask, Tensor):
+            raise HuginnError(
+                f"attention_mask must be a (batch, seq) tensor of 0/1, got {type(attention_mask).__name__}"
+            )
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != input_ids.shape[0]:
+            raise HuginnError(
+                f"attention_mask must be 2-D (batch, seq) with batch {input_ids.shape[0]}, got shape "
+                f"{tuple(attention_mask.shape)}; pass the tokenizer's mask of 1 (token) and 0 (padding)"
+            )
+    if torch.compiler.is_compiling() or input_ids.numel() == 0:
+        return
+    flags = [((input_ids < 0) | (input_ids >= vocab_size)).any()]
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        flags.append(((attention_mask != 0) & (attention_mask != 1)).any().to(input_ids.device))
+    bad = torch.stack(flags).tolist()  # one read back for all the value checks
+    if bad[0]:
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        raise HuginnError(
+            f"input_ids must lie in [0, {vocab_size}) (the model's vocab_size), got values in [{lo}, {hi}]; "
+            "use the model's own tokenizer"
+        )
+    if len(bad) > 1 and bad[1]:
+        raise HuginnError("attention_mask must hold only 0 (padding) and 1 (token); pass the tokenizer's mask")
+
+
+def check_forward_kwargs(unknown: dict[str, Any], valid: list[str]) -> None:
+    """Refuse misspelled keyword arguments (`num_step=`, `init_scal=`), naming the closest valid one."""
+    if not unknown:
+        return
+    import difflib
+
+    name = sorted(unknown)[0]
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(valid))}"
+    raise HuginnError(f"forward got an unexpected keyword argument {name!r}; {hint}")
+
+
+FORWARD_KWARGS = [
+    "input_ids",
+    "num_steps",
+    "input_states",
+    "init_scale",
+    "generator",
+    "attention_mask",
+    "position_ids",
+    "cache",
+    "return_states",
+]
+
+
+class Transformer(nn.ModuleDict):
+    """The named parts of the model (a ModuleDict; the annotations only type the attributes)."""
+
+    wte: nn.Embedding
+    prelude: nn.ModuleList
+    adapter: nn.Linear  # only with injection_type "linear"
+    core_block: nn.ModuleList
+    coda: nn.ModuleList
+    ln_f: RMSNorm
 
 
 class RecurrentLM(nn.Module):
     """The one implementation of the model. `huginn.hf.RavenForCausalLM` is this class plus the
     transformers API; parameter names are those of the published checkpoint format."""
+
+    model_config: ModelConfig
+    transformer: Transformer
+    lm_head: nn.Linear
+    freqs_cis: Tensor
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
@@ -81,7 +204,7 @@ class RecurrentLM(nn.Module):
         modules["core_block"] = nn.ModuleList(block(cfg) for _ in range(cfg.n_layers_in_recurrent_block))
         modules["coda"] = nn.ModuleList(block(cfg) for _ in range(cfg.n_layers_in_coda))
         modules["ln_f"] = RMSNorm(d, cfg.norm_eps)
-        self.transformer = nn.ModuleDict(modules)
+        self.transformer = Transformer(modules)
         self.lm_head = nn.Linear(d, cfg.padded_vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -194,8 +317,12 @@ class RecurrentLM(nn.Module):
         position_ids: Tensor | None = None,
         cache: KVCache | None = None,
         return_states: bool = False,
+        **unknown: Any,
     ) -> RecurrentOutput:
-        n_no_grad, n_grad = split_steps(num_steps, self.model_config.mean_recurrence)
+        check_forward_kwargs(unknown, FORWARD_KWARGS)
+        n_no_grad, n_grad = normalize_steps(num_steps, self.model_config.mean_recurrence)
+        check_init_scale(init_scale)
+        check_token_inputs(input_ids, attention_mask, self.model_config.vocab_size)
         B, S = input_ids.shape
         ctx = self.context(B, S, attention_mask, position_ids, cache)
         e = self.embed(input_ids, ctx)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from huginn.errors import HuginnError
+from huginn.outdir import check_writable_out
 from huginn.retrofit.base import FAMILIES, SUPPORTED, BaseSpec, base_spec, load_base, load_base_config
 from huginn.retrofit.check import CheckResult, check_conversion
 from huginn.retrofit.convert import INJECTIONS, Injection, convert, model_config_for, permute_heads, rope_permutation
@@ -71,13 +72,11 @@ def retrofit(
     Everything that can be checked without weights (paths, family, map, injection) is checked
     before loading; `out` appears only when everything succeeded (written to a temporary sibling
     folder, then renamed)."""
-    out = Path(out)
+    out = check_writable_out(out, "output")
     if dtype not in DTYPES:
         raise HuginnError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if injection not in INJECTIONS:
         raise HuginnError(f"unknown injection {injection!r}; valid: {', '.join(INJECTIONS)}")
-    if out.exists() and not out.is_dir():
-        raise HuginnError(f"output {str(out)!r} is a file; pass a folder path")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise HuginnError(f"output {str(out)!r} already exists; choose a new folder or pass --overwrite")

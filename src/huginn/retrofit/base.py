@@ -131,21 +131,62 @@ def _from_pretrained_args(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def load_base_config(path: str | Path) -> Any:
-    """The base's transformers config (cheap for a folder; a .gguf file is parsed)."""
+    """The base's transformers config (cheap for a folder; a .gguf file is parsed). A folder's
+    config.json is read first (`huginn.checkpoint`): bad JSON, no model_type (where transformers
+    would ask about remote code on stdin) or an unsupported family are one-line errors."""
     from transformers import AutoConfig
 
+    from huginn.checkpoint import read_config_json
+
     where, kwargs = _from_pretrained_args(Path(path))
-    return AutoConfig.from_pretrained(where, **kwargs)
+    if not kwargs:  # a folder
+        cfg_file = Path(where) / "config.json"
+        family = read_config_json(cfg_file).get("model_type")
+        if family is None:
+            raise HuginnError(
+                f'base config {cfg_file} has no model_type; add it (e.g. "model_type": "llama") or pass another base'
+            )
+        if family not in FAMILIES:
+            raise HuginnError(f"unsupported base architecture {family!r} ({cfg_file}); supported: {SUPPORTED}")
+    try:
+        return AutoConfig.from_pretrained(where, **kwargs)
+    except HuginnError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HuginnError(
+            f"cannot read the config of base {str(path)!r} ({reason}); fix it or pass another base"
+        ) from None
 
 
 def load_base(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any | None]:
     """(model, tokenizer or None) of a base folder or .gguf file, in `dtype`, in eval mode.
-    The family is checked from the config before any weight is read."""
+    The family is checked from the config before any weight is read; a folder's weight files are
+    checked (`huginn.checkpoint`), and missing or mis-shaped weights are one line, not random ones."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from huginn.checkpoint import check_weights, load_problems, quiet_load_report
 
     where, kwargs = _from_pretrained_args(Path(path))
     base_spec(load_base_config(path))
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs).eval()
+    if kwargs:  # a .gguf file: transformers parses it
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs).eval()
+    else:
+        check_weights(Path(where))
+        with quiet_load_report():
+            # (model, info) with output_loading_info=True, which the return annotation does not cover
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
+                where, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
+            )
+        model, info = loaded
+        # a tied head is not a missing weight; unexpected extras (e.g. old rotary buffers) are harmless
+        tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+        parts = load_problems({**info, "unexpected_keys": ()}, optional=tied)
+        if parts:
+            raise HuginnError(
+                f"base {str(path)!r} does not match its config.json: {'; '.join(parts)}; pass a complete checkpoint"
+            )
+        model = model.eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
     except Exception:  # a bare weights folder: the converted model simply ships without one

@@ -25,7 +25,7 @@ Non-goals: loading files (`huginn.retrofit.base`), training (`huginn.train`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -34,6 +34,9 @@ from huginn.config import ModelConfig
 from huginn.errors import HuginnError, one_of
 from huginn.retrofit.base import BaseSpec, base_spec
 from huginn.retrofit.layer_map import LayerMap
+
+if TYPE_CHECKING:
+    from huginn.model.recurrent import RecurrentLM
 
 Injection = Literal["linear", "identity", "add"]
 INJECTIONS: tuple[str, ...] = ("linear", "identity", "add")
@@ -136,7 +139,7 @@ def map_weights(sd: dict[str, Tensor], spec: BaseSpec, layer_map: LayerMap) -> d
     return out
 
 
-def init_injection(model: torch.nn.Module, injection: Injection) -> None:
+def init_injection(model: RecurrentLM, injection: Injection) -> None:
     """Set the adapter for `injection`: `identity` -> [0 | I]; `linear` keeps its random init."""
     if injection != "identity":
         return
