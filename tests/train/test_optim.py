@@ -127,7 +127,7 @@ def test_schedules():
     wsd = [lr_factor(s, T, "wsd", 0.1, 0.2, 0.01) for s in range(T)]
     assert wsd[0] == pytest.approx(0.1) and wsd[9] == 1.0 and wsd[79] == 1.0
     assert wsd[80] < 1.0 and wsd[-1] == pytest.approx(0.01)
-    assert all(a >= b for a, b in itertools.pairwise(wsd))
+    assert all(a >= b for a, b in itertools.pairwise(wsd[9:]))  # non-increasing after warmup
     cos = [lr_factor(s, T, "cosine", 10, 0, 0.1) for s in range(T)]
     assert (
         cos[9] == 1.0

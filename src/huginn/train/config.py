@@ -12,13 +12,16 @@
     parallel:   ddp | fsdp under torchrun
 
 Unknown keys are errors that name the valid ones; values from the command line are parsed as YAML
-scalars (`--set optim.lr=1e-3`). Non-goal: model shapes themselves (`huginn.config`).
+scalars (`--set optim.lr=1e-3`), and numbers that YAML reads as strings (`lr: 1e-3` in a file) are
+numbers for number fields. `validate` checks every numeric field against its range (`RANGES`) and
+the fields against each other, once, at load time. Non-goal: model shapes themselves (`huginn.config`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,7 +47,7 @@ class DataSection:
     val_path: str | list[str] | None = None  # default: builtin held-out problems / the training data
     tokenizer: str | None = None  # chat: tokenizer folder (default: model.init_from)
     seq_len: int = 128  # tokens per row (inputs); rows hold seq_len + 1 tokens
-    val_samples: int = 64  # held-out rows for every validation
+    val_samples: int = 64  # held-out rows for every validation (at least one micro-batch is used)
 
 
 @dataclass
@@ -108,8 +111,8 @@ class EvalSection:
 
 @dataclass
 class CheckpointSection:
-    save_every: int = 100
-    keep: int = 2
+    save_every: int = 100  # 0: only at the end
+    keep: int = 2  # newest checkpoints kept; 0 keeps all
 
 
 @dataclass
@@ -144,6 +147,17 @@ class JobConfig:
 
 
 # --- reading ---------------------------------------------------------------------------------
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _number(value: Any) -> Any:
+    """A string of numeric form as the number it spells (YAML 1.1 reads `1e-3` as a string); else `value`."""
+    if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        text = value.strip()
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    return value
+
+
 def _check_value(key: str, value: Any, hint: Any) -> Any:
     """Validate (and lightly coerce) one value against its annotation; one-line error otherwise."""
     origin = typing.get_origin(hint)
@@ -176,10 +190,16 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
     if hint is Any:
         return value
     if hint is float:
+        value = _number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise HuginnError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise HuginnError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if hint is int:
+        value = _number(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 1e5 (YAML and --set read it as a float or a string) is a whole number
         if isinstance(value, bool) or not isinstance(value, int):
             raise HuginnError(f"{key} must be an integer, got {value!r}")
         return value
@@ -204,7 +224,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             where = f"section {prefix[:-1]!r}" if prefix else "the top level"
             raise HuginnError(f"unknown config key {full!r}; valid keys in {where}: {', '.join(names)}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise HuginnError(f"config section {full!r} must be a mapping, got {value!r}")
             kwargs[key] = _build(hint, value, f"{full}.")
@@ -232,11 +252,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str):
-        # YAML reads 1e-3 as a string; numbers written that way are numbers here
-        with contextlib.suppress(ValueError):
-            value = float(value) if any(c in value for c in ".eE") else int(value)
-    return key.strip(), value
+    # YAML reads 1e-3 as a string; numbers written that way are numbers here (also in free-form
+    # places such as model.overrides, where no field type says so)
+    return key.strip(), _number(value)
 
 
 def load_config(
@@ -268,25 +286,91 @@ def load_config(
     return cfg
 
 
+# --- validation ------------------------------------------------------------------------------
+class Range:
+    """An allowed interval of a numeric field, e.g. Range(0, 1, hi_open=True) is [0, 1)."""
+
+    def __init__(self, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+
+    def __contains__(self, v: float) -> bool:
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = v < self.hi if self.hi_open else v <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi == math.inf:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+POSITIVE, NON_NEGATIVE, UNIT, COUNT = Range(0, lo_open=True), Range(0), Range(0, 1), Range(1)
+# every int / float field of JobConfig (lists: every element); None, where allowed, is not checked
+RANGES: dict[str, Range] = {
+    "data.seq_len": COUNT,
+    "data.val_samples": COUNT,
+    "depth.mean_recurrence": COUNT,
+    "depth.backprop_depth": COUNT,
+    "depth.curriculum_fraction": Range(0, 1, lo_open=True),
+    "optim.lr": NON_NEGATIVE,
+    "optim.betas": Range(0, 1, hi_open=True),
+    "optim.eps": NON_NEGATIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.grad_clip": NON_NEGATIVE,
+    "optim.muon_lr": NON_NEGATIVE,
+    "optim.muon_weight_decay": NON_NEGATIVE,
+    "optim.muon_momentum": Range(0, 1, hi_open=True),
+    "schedule.warmup": NON_NEGATIVE,
+    "schedule.decay": NON_NEGATIVE,
+    "schedule.min_lr_ratio": UNIT,
+    "train.max_steps": COUNT,
+    "train.batch_size": COUNT,
+    "train.micro_batch_size": COUNT,
+    "train.seed": NON_NEGATIVE,
+    "train.loss_chunk": NON_NEGATIVE,
+    "train.threads": COUNT,
+    "train.stop_after": COUNT,
+    "eval.every": NON_NEGATIVE,
+    "eval.num_steps": COUNT,
+    "eval.scaling": COUNT,
+    "checkpoint.save_every": NON_NEGATIVE,
+    "checkpoint.keep": NON_NEGATIVE,
+    "log.every": COUNT,
+    "log.peak_flops": POSITIVE,
+}
+
+
 def validate(cfg: JobConfig) -> None:
+    """Every numeric field in its range (`RANGES`), then the checks that involve several fields.
+    Raises a one-line `HuginnError` naming the field and the allowed values."""
+    tree = cfg.to_dict()
+    for key, allowed in RANGES.items():
+        section, name = key.split(".")
+        value = tree[section][name]
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and v not in allowed:
+                each = "every element of " if isinstance(value, list) else ""
+                raise HuginnError(f"{each}{key} must be {allowed}, got {v!r}")
+    if len(cfg.optim.betas) != 2:
+        raise HuginnError(f"optim.betas must hold two values (beta1, beta2), got {cfg.optim.betas!r}")
+    s = cfg.schedule
+    for key, value in (("schedule.warmup", s.warmup), ("schedule.decay", s.decay)):
+        if value >= 1 and not float(value).is_integer():
+            raise HuginnError(f"{key} must be a fraction of max_steps (< 1) or a whole number of steps, got {value}")
+    from huginn.train.optim import check_schedule
+
+    check_schedule(cfg.train.max_steps, s.warmup, s.decay)
     t = cfg.train
-    for key, value in (
-        ("train.max_steps", t.max_steps),
-        ("train.batch_size", t.batch_size),
-        ("data.seq_len", cfg.data.seq_len),
-    ):
-        if value < 1:
-            raise HuginnError(f"{key} must be >= 1, got {value}")
-    if t.micro_batch_size is not None and t.micro_batch_size < 1:
-        raise HuginnError(f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}")
+    if t.micro_batch_size is not None and t.micro_batch_size > t.batch_size:
+        raise HuginnError(
+            f"train.micro_batch_size {t.micro_batch_size} exceeds train.batch_size {t.batch_size}; lower it or raise the batch"
+        )
     if cfg.data.kind in ("packed", "chat") and not cfg.data.path:
         raise HuginnError(
             f"data.kind {cfg.data.kind!r} needs data.path (set it in the config or with --set data.path=...)"
         )
     if cfg.data.kind == "chat" and not (cfg.data.tokenizer or cfg.model.init_from):
         raise HuginnError("data.kind 'chat' needs a tokenizer: set data.tokenizer or model.init_from")
-    if any(r < 1 for r in cfg.eval.num_steps + cfg.eval.scaling):
-        raise HuginnError("eval.num_steps and eval.scaling must hold depths >= 1")
 
 
 def dump_config(cfg: JobConfig) -> str:

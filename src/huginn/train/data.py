@@ -72,9 +72,13 @@ class BuiltinSource:
 
 
 class PackedSource:
-    """Token shards through `huginn.data.loader.PackedLoader` (rows of seq_len + 1 tokens)."""
+    """Token shards through `huginn.data.loader.PackedLoader` (rows of seq_len + 1 tokens).
 
-    def __init__(self, layout: Layout, path, val_path, seed: int, val_samples: int):
+    Refused at construction: data whose rows are not `seq_len` + 1 tokens long, a global batch
+    larger than the training rows (a step would repeat rows), and validation data with fewer rows
+    than one validation batch (validation would see nothing and report a loss of 0)."""
+
+    def __init__(self, layout: Layout, path, val_path, seed: int, val_samples: int, seq_len: int):
         try:
             from huginn.data.loader import PackedLoader
         except ImportError:
@@ -88,6 +92,21 @@ class PackedSource:
         self.val_loader_args = (val_path or path, layout.micro, layout.rank, layout.world, seed)
         self.it = iter(self.loader)
         self.seq_len = self.loader.seq_len
+        _check_seq_len("data.path", path, self.seq_len, seq_len)
+        if self.loader.num_rows < layout.global_batch:
+            raise HuginnError(
+                f"train.batch_size {layout.global_batch} exceeds the {self.loader.num_rows} rows of data.path {_show(path)}; "
+                f"lower train.batch_size to at most {self.loader.num_rows} or add data"
+            )
+        if val_path:
+            val = PackedLoader(val_path, layout.micro, rank=layout.rank, world_size=layout.world, shuffle=False)
+            _check_seq_len("data.val_path", val_path, val.seq_len, seq_len)
+            unit = layout.micro * layout.world
+            if val.num_rows < unit:
+                raise HuginnError(
+                    f"data.val_path {_show(val_path)} holds {val.num_rows} rows, fewer than one validation batch of {unit} "
+                    f"(micro-batch {layout.micro} x {layout.world} processes); add validation rows or lower train.micro_batch_size"
+                )
 
     def batch(self, step: int, micro: int) -> Batch:
         row = next(self.it)
@@ -100,7 +119,7 @@ class PackedSource:
         loader = PackedLoader(path, mb, rank=rank, world_size=world, seed=seed, shuffle=False, loop=False)
         seen = 0
         for i, row in enumerate(loader):
-            if seen >= self.val_samples // world:
+            if seen and seen >= self.val_samples // world:  # at least one batch, the same count on every rank
                 break
             seen += len(row)
             yield row[:, :-1], row[:, 1:], torch.arange(len(row)) + corpus.VAL_OFFSET + i * mb
@@ -111,6 +130,18 @@ class PackedSource:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state["loader"])
         self.it = iter(self.loader)
+
+
+def _show(path) -> str:
+    return str(path) if isinstance(path, str) else ", ".join(map(str, path))
+
+
+def _check_seq_len(key: str, path, data_len: int, seq_len: int) -> None:
+    if data_len != seq_len:
+        raise HuginnError(
+            f"data.seq_len is {seq_len} but the rows of {key} {_show(path)} hold {data_len} tokens (+1); "
+            f"set data.seq_len={data_len}, or retokenize with `huginn data tokenize --seq-len {seq_len}`"
+        )
 
 
 def assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:

@@ -18,6 +18,7 @@ import yaml
 from huginn.config import ModelConfig
 from huginn.errors import HuginnError
 from huginn.model.recurrent import RecurrentLM
+from huginn.outdir import check_writable_out
 from huginn.train import checkpoint
 from huginn.train.parallel import Dist
 
@@ -38,12 +39,13 @@ def load_run_model(run: Path) -> tuple[RecurrentLM, dict]:
 
 
 def export_run(run: Path, out: Path) -> Path:
+    """Write the newest checkpoint of `run` to `out` (new or empty; checked for writability first)."""
     from huginn.hf import RavenConfig, RavenForCausalLM
 
-    model, cfg = load_run_model(run)
-    out = Path(out)
+    out = check_writable_out(out, "output folder")
     if out.exists() and any(out.iterdir()):
         raise HuginnError(f"{out} exists and is not empty; pick a new output folder")
+    model, cfg = load_run_model(run)
     hf = RavenForCausalLM(RavenConfig.from_model_config(model.model_config))
     missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
     if [k for k in missing if k != "lm_head.weight"] or unexpected:

@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from huginn.config import ModelConfig, named_shape
 from huginn.errors import HuginnError
 from huginn.model.recurrent import RecurrentLM
+from huginn.outdir import check_writable_out
 from huginn.train import checkpoint, corpus, report
-from huginn.train.config import JobConfig, dump_config
+from huginn.train.config import JobConfig, dump_config, validate
 from huginn.train.data import BuiltinSource, ChatSource, Layout, PackedSource
-from huginn.train.forward import TrainForward
+from huginn.train.forward import TrainForward, blocks
 from huginn.train.metrics import Metrics, count_params
-from huginn.train.optim import build_optimizer, check_schedule, lr_factor, set_lr
+from huginn.train.optim import build_optimizer, lr_factor, set_lr
 from huginn.train.parallel import Dist, all_sum, apply_parallel, barrier, init_distributed, no_sync, shutdown
 from huginn.train.steps import DepthSampler
 
@@ -56,15 +59,14 @@ def load_tokenizer(path: str):
 def build_model(cfg: JobConfig) -> RecurrentLM:
     """A fresh model of the configured shape, or the published-format checkpoint `model.init_from`."""
     if cfg.model.init_from:
-        import huginn  # noqa: F401  (registers the Auto classes)
-        from huginn.hf import RavenForCausalLM
+        from huginn.checkpoint import load_checkpoint
 
         path = Path(cfg.model.init_from)
         if not (path / "config.json").is_file():
             raise HuginnError(
                 f"model.init_from {str(path)!r} is not a checkpoint folder (no config.json); export a run or pass a Huginn checkpoint"
             )
-        hf = RavenForCausalLM.from_pretrained(str(path))
+        hf = load_checkpoint(path)  # one-line errors for a broken config.json or weight file
         mc = hf.model_config.replace(**cfg.model.overrides) if cfg.model.overrides else hf.model_config
         model = RecurrentLM()
         model.build(mc)
@@ -73,12 +75,15 @@ def build_model(cfg: JobConfig) -> RecurrentLM:
     overrides = dict(cfg.model.overrides)
     if cfg.data.kind == "builtin" and "vocab_size" not in overrides:
         overrides.update(vocab_size=corpus.VOCAB_SIZE, padding_multiple=16)  # the character alphabet
-    mc = named_shape(cfg.model.shape, **overrides)
+    return RecurrentLM(named_shape(cfg.model.shape, **overrides))
+
+
+def check_fits(cfg: JobConfig, mc: ModelConfig) -> None:
+    """The configured sequence length against the model's (fresh or loaded) RoPE table."""
     if cfg.data.seq_len > mc.block_size:
         raise HuginnError(
             f"data.seq_len {cfg.data.seq_len} exceeds the model's block_size {mc.block_size}; shorten it or set model.overrides.block_size"
         )
-    return RecurrentLM(mc)
 
 
 def build_data(cfg: JobConfig, mc: ModelConfig, layout: Layout):
@@ -91,8 +96,11 @@ def build_data(cfg: JobConfig, mc: ModelConfig, layout: Layout):
         return BuiltinSource(layout, d.seq_len, cfg.train.seed, d.val_samples)
     if d.kind == "packed":
         check_packed_vocab([d.path, d.val_path], mc.vocab_size)
-        return PackedSource(layout, d.path, d.val_path, cfg.train.seed, d.val_samples)
-    tok = load_tokenizer(d.tokenizer or cfg.model.init_from)
+        return PackedSource(layout, d.path, d.val_path, cfg.train.seed, d.val_samples, d.seq_len)
+    tokenizer = d.tokenizer or cfg.model.init_from
+    if not tokenizer:
+        raise HuginnError("data.kind 'chat' needs a tokenizer: set data.tokenizer or model.init_from")
+    tok = load_tokenizer(tokenizer)
     if len(tok) > mc.vocab_size:
         raise HuginnError(
             f"vocab mismatch: the tokenizer has {len(tok)} tokens but the model only {mc.vocab_size}; use the model's own tokenizer"
@@ -157,21 +165,91 @@ def evaluate(
                     float(loss),
                     float((labels != -100).sum()),
                     float(correct),
-                    float(mask.sum()) if builtin else 0.0,
+                    float(mask.sum()) if mask is not None else 0.0,
                     float(answer_loss),
                 ]
             )
         total = all_sum(total, d)
         losses[r] = float(total[0] / total[1].clamp(min=1))
-        if builtin:
-            n = total[3].clamp(min=1)
-            answers[r] = {"loss": float(total[4] / n), "acc": float(total[2] / n)}
+        if builtin and total[3] > 0:  # rows too short to reach a query hold no answer: no answer columns
+            answers[r] = {"loss": float(total[4] / total[3]), "acc": float(total[2] / total[3])}
     return losses, answers
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this process can still allocate on `device` (free GPU memory; on CPU the kernel's
+    MemAvailable, capped by a cgroup limit), or None where that cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    known = []
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                known.append(int(line.split()[1]) * 1024)
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            known.append(int(Path(limit).read_text()) - int(Path(usage).read_text()))  # "max": no limit
+    return min(known) if known else None
+
+
+def memory_needed(cfg: JobConfig, mc: ModelConfig, micro: int, backprop_depth: int, n_params: int) -> int:
+    """A lower bound, in bytes, on what a training step adds to the built model: gradients and
+    AdamW state (12 bytes a parameter) and the activations one micro-batch keeps for backward.
+
+    Per token, every block run with gradients keeps at least its input and attention output (2d),
+    q, k, v and the GLU's two projections and product (3I): prelude + coda + k core passes, or with
+    activation checkpointing one core pass plus the k saved states. The attention scores, norms,
+    the loss chunk and allocator slack come on top, so a refusal means the run cannot fit."""
+    d, inter = mc.n_embd, mc.intermediate_size
+    qkv = (mc.n_heads + 2 * mc.kv_heads) * mc.dim_head
+    per_block = 2 * d + qkv + 3 * inter
+    core = mc.n_layers_in_recurrent_block
+    if cfg.train.activation_checkpointing:
+        per_token = (mc.n_layers_in_prelude + mc.n_layers_in_coda + core) * per_block + backprop_depth * d
+    else:
+        per_token = (mc.n_layers_in_prelude + mc.n_layers_in_coda + backprop_depth * core) * per_block
+    element = 2 if cfg.train.precision == "bf16" else 4
+    return 12 * n_params + micro * cfg.data.seq_len * per_token * element
+
+
+def check_memory(
+    cfg: JobConfig, mc: ModelConfig, layout: Layout, backprop_depth: int, model: nn.Module, d: Dist
+) -> None:
+    """Refuse, before anything is allocated for training, a micro-batch that cannot fit in memory."""
+    n_params = sum(p.numel() for p in model.parameters())
+    weights = 4 * n_params if d.device.type != "cpu" else 0  # still on the CPU: the device gets a copy
+    # processes of this machine share its RAM (torchrun sets LOCAL_WORLD_SIZE); a GPU is one rank's
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if d.device.type == "cpu" else 1
+
+    def need(rows: int) -> int:
+        return sharing * (weights + memory_needed(cfg, mc, rows, backprop_depth, n_params))
+
+    free = available_memory(d.device)
+    if free is None or need(layout.micro) <= free:
+        return
+    gb = 2**30
+    per_rank = cfg.train.batch_size // d.world
+    fits = [m for m in range(1, per_rank + 1) if per_rank % m == 0 and need(m) <= free]
+    if fits:
+        fix = f"set train.micro_batch_size={fits[-1]} (gradient accumulation keeps train.batch_size)"
+    else:
+        fix = "shorten data.seq_len or use a smaller model"
+        fix += "" if cfg.train.activation_checkpointing else " or set train.activation_checkpointing=true"
+    raise HuginnError(
+        f"a micro-batch of {layout.micro} rows x {cfg.data.seq_len} tokens needs at least {need(layout.micro) / gb:.1f} GiB on "
+        f"{d.device.type} for training, but {free / gb:.1f} GiB is available; {fix}"
+    )
 
 
 # --- the loop --------------------------------------------------------------------------------
 def train(cfg: JobConfig, run: str | Path) -> RunResult:
-    run = Path(run)
+    """Train (or resume) the run in folder `run` under `cfg`; the config is validated again here,
+    and `run` checked for writability, before anything is built."""
+    validate(cfg)
+    run = check_writable_out(run)
     d = init_distributed(cfg.train.device)
     try:
         return _train(cfg, run, d)
@@ -186,16 +264,17 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
         raise HuginnError(
             f"train.batch_size {t.batch_size} is not a multiple of micro_batch_size {micro} x {d.world} processes"
         )
-    check_schedule(t.max_steps, cfg.schedule.warmup, cfg.schedule.decay)
     layout = Layout(t.batch_size, micro, d.rank, d.world)
 
     # model, data, optimizer: everything that can fail on bad input runs before RUN is touched
     torch.manual_seed(t.seed)  # identical init on every rank (FSDP2 does not broadcast)
     model = build_model(cfg)
     mc = model.model_config
+    check_fits(cfg, mc)
     data = build_data(cfg, mc, layout)
     sampler = depth_sampler(cfg, mc)
-    resuming = checkpoint.check_resumable(run, cfg.to_dict())
+    check_memory(cfg, mc, layout, sampler.backprop_depth, model, d)
+    resuming = checkpoint.check_resumable(run, cfg.to_dict(), announce=d.is_main)
     barrier(d)
     model.to(d.device)
     if d.device.type == "cpu" and (t.threads or mc.n_embd <= 128):
@@ -203,7 +282,7 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
         # make 2 threads up to 30x slower than 1 (measured here)
         torch.set_num_threads(t.threads or 1)
     if t.compile:
-        for block in (*model.transformer.prelude, *model.transformer.core_block, *model.transformer.coda):
+        for block in (*blocks(model, "prelude"), *blocks(model, "core_block"), *blocks(model, "coda")):
             block.compile()
     fwd = apply_parallel(
         TrainForward(model, t.loss_chunk, t.activation_checkpointing, t.seed), cfg.parallel.kind, d, cfg.optim.name
@@ -289,9 +368,7 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
 
     if stop == t.max_steps and cfg.eval.scaling:
         losses, answers = evaluate(fwd, data, cfg.eval.scaling, cfg, d)
-        metrics.enabled and metrics.write(
-            {"step": stop, "eval": {str(r): v for r, v in losses.items()}, "scaling": True}
-        )
+        metrics.write({"step": stop, "eval": {str(r): v for r, v in losses.items()}, "scaling": True})
         result.scaling = losses
         if d.is_main:
             result.scaling_table = report.write(run, losses, answers or None, sampler.mean_recurrence, stop)

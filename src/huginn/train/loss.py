@@ -19,7 +19,7 @@ IGNORE = -100
 
 class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, labels: Tensor, chunk_size: int, denom: Tensor | None):  # type: ignore[override]
+    def forward(ctx, h: Tensor, weight: Tensor, labels: Tensor, chunk_size: int, denom: Tensor | None):
         # h: (N, d) in the compute dtype (bf16 under autocast), weight: (V, d), labels: (N,)
         n_valid = (labels != IGNORE).sum()
         acc = torch.promote_types(h.dtype, torch.float32)  # fp32 softmax for bf16/fp32 inputs, fp64 stays fp64
@@ -53,7 +53,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         return total * scale
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * grad_out.to(grad_h.dtype) if ctx.has[0] else None
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.has[1] else None

@@ -1,4 +1,8 @@
-"""Training metrics: FLOP accounting, `metrics.jsonl`, a progress bar, optional TensorBoard / W&B.
+"""Training metrics: FLOP accounting, `metrics.jsonl`, progress output, optional TensorBoard / W&B.
+
+Progress goes to stdout: a tqdm bar on a terminal; anywhere else (CI logs, `huginn train > log`) a
+plain line every ~10 s of wall time or every 5% of the steps, whichever comes first, with step,
+loss, rate and ETA (`Progress`), instead of a redrawn bar that logs one line per step.
 
 FLOPs of one optimizer step (retrofitted-recurrence accounting, head included):
     6 * D * N1 + 2 * D * N2,  N1 = prelude + k * core + coda + head,  N2 = n * core
@@ -10,12 +14,17 @@ parameters run once per iteration). Recomputation under activation checkpointing
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from torch import nn
+
+from huginn.train.forward import blocks, part
 
 
 @dataclass(frozen=True)
@@ -32,30 +41,117 @@ class ParamCounts:
 
 
 def count_params(model: nn.Module) -> ParamCounts:
-    t = model.transformer
-
-    def n(mods) -> int:
+    def n(mods: list[nn.Module]) -> int:
         return sum(p.numel() for m in mods for p in m.parameters())
 
-    core = [*t.core_block] + ([t.adapter] if "adapter" in t else [])
-    return ParamCounts(prelude=n(t.prelude), core=n(core), coda=n([*t.coda, t.ln_f]), head=model.lm_head.weight.numel())
+    adapter = [part(model, "adapter")] if "adapter" in cast(nn.ModuleDict, model.transformer) else []
+    return ParamCounts(
+        prelude=n(blocks(model, "prelude")),
+        core=n(blocks(model, "core_block") + adapter),
+        coda=n([*blocks(model, "coda"), part(model, "ln_f")]),
+        head=cast(nn.Linear, model.lm_head).weight.numel(),
+    )
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _duration(seconds: float) -> str:
+    """'42s', '3m05s', '2h07m'."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Progress:
+    """Training progress on `stream`: a tqdm bar on a terminal, else a line every `every_s` seconds
+    or `fraction` of `total` steps (whichever comes first) and at the end."""
+
+    def __init__(
+        self,
+        total: int,
+        initial: int,
+        stream: TextIO | None = None,
+        every_s: float = 10.0,
+        fraction: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.stream = stream if stream is not None else sys.stdout
+        self.total, self.step, self.every_s = total, initial, every_s
+        self.every_steps = max(1, math.ceil(total * fraction))
+        self.clock = clock
+        self.bar: Any = None
+        if _is_tty(self.stream):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=self.stream
+            )
+        self.t0 = self.t_line = self.clock()
+        self.start = self.line_step = initial
+        self.loss_sum, self.loss_n = 0.0, 0
+
+    def update(self, step: int, loss: float, lr: float) -> None:
+        """Step `step` (1-based) is done with training loss `loss`."""
+        self.step = step
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        self.loss_sum, self.loss_n = self.loss_sum + loss, self.loss_n + 1
+        now = self.clock()
+        if step % self.every_steps == 0 or step >= self.total or now - self.t_line >= self.every_s:
+            self._line(now, lr)
+
+    def _line(self, now: float, lr: float | None = None) -> None:
+        rate = (self.step - self.start) / max(now - self.t0, 1e-9)
+        eta = _duration((self.total - self.step) / rate) if rate > 0 else "?"
+        loss = self.loss_sum / max(self.loss_n, 1)
+        text = f"train step {self.step}/{self.total} ({self.step / self.total:.0%})  loss {loss:.4f}"
+        text += f"  lr {lr:.2e}" if lr is not None else ""
+        self.write(f"{text}  {rate:.2f} step/s  ETA {eta}")
+        self.t_line, self.line_step, self.loss_sum, self.loss_n = now, self.step, 0.0, 0
+
+    def postfix(self, **values: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(**values)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.step > self.line_step:  # a run stopped early (train.stop_after): where it got to
+            self._line(self.clock())
 
 
 class Metrics:
-    """Rank 0 writes; other ranks' calls are no-ops."""
+    """Rank 0 writes; other ranks' calls are no-ops. Progress goes to `stream` (default stdout)."""
 
-    def __init__(self, run: Path, enabled: bool, start_step: int, max_steps: int, cfg: Any):
+    def __init__(
+        self, run: Path, enabled: bool, start_step: int, max_steps: int, cfg: Any, stream: TextIO | None = None
+    ):
         self.enabled, self.cfg = enabled, cfg
         self.path = Path(run) / "metrics.jsonl"
-        self.bar = self.tb = self.wandb = None
+        self.progress: Progress | None = None
+        self.tb: Any = None
+        self.wandb: Any = None
         self.t_last, self.tokens_since, self.flops_since = time.perf_counter(), 0, 0.0
         if not enabled:
             return
         self._truncate_after(start_step)
         if cfg.progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+            self.progress = Progress(max_steps, start_step, stream)
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -99,11 +195,11 @@ class Metrics:
     def log_step(
         self, step: int, loss: float, lr: float, no_grad_steps: int, grad_steps: int, grad_norm: float, log: bool
     ) -> None:
-        """Advance the bar; every `log.every` steps (and when `log`) write a record with rates."""
+        """Advance the progress output; every `log.every` steps (and when `log`) write a record with rates."""
         if not self.enabled:
             return
-        if self.bar is not None:
-            self.bar.update(1)
+        if self.progress is not None:
+            self.progress.update(step, loss, lr)
         if not log:
             return
         now = time.perf_counter()
@@ -121,8 +217,8 @@ class Metrics:
             record["mfu"] = round(self.flops_since / dt / self.cfg.peak_flops, 5)
         self.t_last, self.tokens_since, self.flops_since = now, 0, 0.0
         self.write(record)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+        if self.progress is not None:
+            self.progress.postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
 
     def log_eval(self, step: int, losses: dict[int, float], extra: dict[str, Any] | None = None) -> None:
         if not self.enabled:
@@ -130,12 +226,12 @@ class Metrics:
         record = {"step": step, "eval": {str(r): round(v, 6) for r, v in losses.items()}}
         record.update(extra or {})
         self.write(record)
-        if self.bar is not None:
-            self.bar.write(f"eval @{step}: " + "  ".join(f"r={r}: {v:.4f}" for r, v in losses.items()))
+        if self.progress is not None:
+            self.progress.write(f"eval @{step}: " + "  ".join(f"r={r}: {v:.4f}" for r, v in losses.items()))
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.progress is not None:
+            self.progress.close()
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:

@@ -19,7 +19,7 @@ Non-goals: optimizer sharding (FSDP2 shards the state), exotic variants (Nestero
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -94,8 +94,10 @@ class ELLISAdam(Optimizer):
         for group in self.param_groups:
             group.setdefault("init_lr", group["lr"])
 
+    # torch declares step as two overloads (closure None -> None, closure -> float); this is the
+    # signature of its own implementation, which mypy cannot match against the overloads
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -213,8 +215,7 @@ def lr_factor(step: int, max_steps: int, kind: str, warmup: float, decay: float,
     """
     if kind not in SCHEDULES:
         raise one_of("schedule", kind, SCHEDULES)
-    w = round(warmup * max_steps) if warmup < 1 else int(warmup)
-    d = round(decay * max_steps) if decay < 1 else int(decay)
+    w, d = schedule_steps(max_steps, warmup, decay)
     if step < w:
         return (step + 1) / w
     if kind == "constant":
@@ -236,10 +237,17 @@ def set_lr(optimizer: Optimizers, factor: float) -> float:
     return optimizer.param_groups[0]["lr"]
 
 
-def check_schedule(max_steps: int, warmup: float, decay: float) -> None:
+def schedule_steps(max_steps: int, warmup: float, decay: float) -> tuple[int, int]:
+    """(warmup steps, decay steps): `warmup` and `decay` are fractions of `max_steps` when < 1, else steps."""
     w = round(warmup * max_steps) if warmup < 1 else int(warmup)
     d = round(decay * max_steps) if decay < 1 else int(decay)
-    if w < 0 or d < 0 or w + d > max_steps:
+    return w, d
+
+
+def check_schedule(max_steps: int, warmup: float, decay: float) -> None:
+    """Refuse a warmup + decay longer than the run (the fields' own ranges are the config's check)."""
+    w, d = schedule_steps(max_steps, warmup, decay)
+    if w + d > max_steps:
         raise HuginnError(
             f"schedule warmup ({w} steps) + decay ({d} steps) exceed max_steps {max_steps}; shorten them or train longer"
         )

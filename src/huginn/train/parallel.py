@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -76,8 +77,10 @@ def apply_parallel(module: nn.Module, kind: str, d: Dist, optimizer_name: str) -
             )
         from torch.distributed.fsdp import fully_shard
 
-        model = module.model
-        for block in (*model.transformer.prelude, *model.transformer.coda):
+        from huginn.train.forward import blocks
+
+        model = cast(nn.Module, module.model)
+        for block in (*blocks(model, "prelude"), *blocks(model, "coda")):
             fully_shard(block)
         fully_shard(module)
         return module
@@ -87,9 +90,9 @@ def apply_parallel(module: nn.Module, kind: str, d: Dist, optimizer_name: str) -
 def no_sync(module: nn.Module, last: bool):
     """Skip the gradient all-reduce on all but the last micro-batch of a step (DDP only)."""
     if not last and hasattr(module, "no_sync"):
-        return module.no_sync()
+        return getattr(module, "no_sync")()  # noqa: B009  (nn.Module's __getattr__ types it as a Tensor)
     if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
-        module.set_requires_gradient_sync(last)
+        getattr(module, "set_requires_gradient_sync")(last)  # noqa: B009
     return contextlib.nullcontext()
 
 
