@@ -6,9 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# before torch loads, so that subprocesses the tests start (`python -m huginn ...`) inherit it too
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+# tiny models: one thread is as fast as two, and immune to oversubscription when pytest-xdist runs
+# one worker per core (OpenMP threads that spin-wait on a busy core cost milliseconds per op)
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 # The reference fixture is data kept in the repository (a copy of shared/fixtures/), so the suite

@@ -2,7 +2,8 @@
 
     e      = prelude(embed(x))
     s_0    = truncated-normal noise, seeded per row by its global row id (split-invariant)
-    s      = core^n(s_0) under no_grad, then core^k with gradients (optionally checkpointed per step)
+    s      = core^n(s_0) under no_grad, then core^k with gradients (optionally checkpointed per step),
+             through the one recurrence (`huginn.model.recurrence.recur`)
     loss   = chunked CE(head(ln_f(coda(ln_f(s)))), labels)
 
 It calls the model's step-level pieces (`context`, `embed`, `initialize_state`, `core_step`) rather
@@ -13,14 +14,26 @@ Non-goals: sampling the depth (`steps.py`), choosing the optimizer.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from huginn.model.recurrence import Schedule, recur
 from huginn.model.recurrent import RecurrentLM
 from huginn.train.loss import linear_cross_entropy
 
 ROW_SEED = 982451653  # offsets state-noise seeds away from other generators
+
+
+def part(model: nn.Module, name: str) -> nn.Module:
+    """`model.transformer[name]` (e.g. "adapter", "ln_f"), typed as a module."""
+    return cast(nn.ModuleDict, model.transformer)[name]
+
+
+def blocks(model: nn.Module, name: str) -> list[nn.Module]:
+    """The blocks of `model.transformer[name]` ("prelude", "core_block", "coda") as a list."""
+    return list(cast(nn.ModuleList, part(model, name)))
 
 
 class TrainForward(nn.Module):
@@ -44,14 +57,8 @@ class TrainForward(nn.Module):
         ctx = m.context(*input_ids.shape)
         e = m.embed(input_ids, ctx)
         state = self.initial_state(e, row_ids)
-        with torch.no_grad():
-            for step in range(no_grad_steps):
-                state = m.core_step(state, e, ctx, step)
-        for step in range(no_grad_steps, no_grad_steps + grad_steps):
-            if self.checkpoint_core and torch.is_grad_enabled():
-                state = checkpoint(m.core_step, state, e, ctx, step, use_reentrant=False)
-            else:
-                state = m.core_step(state, e, ctx, step)
+        schedule = Schedule(no_grad_steps, grad_steps, checkpoint=self.checkpoint_core)
+        state = recur(lambda s, step: m.core_step(s, e, ctx, step), state, schedule).state
         return m.readout(state, ctx)[0]
 
     def forward(
