@@ -93,9 +93,9 @@ def step_worker(precision: str, steps: int, warmup: int, threads: int, chunk: in
         losses.append(float(loss))
         if i >= warmup:
             times.append(dt)
-    from huginn.train.metrics import count_params
+    from huginn.model.cost import train_flops_per_token
 
-    flops = count_params(model).step_flops(4 * 256, 4, 4)  # 6 x tokens x params with grad + 2 x without
+    flops = 4 * 256 * train_flops_per_token(mc, 4, 4)  # 6 x tokens x params with grad + 2 x without
     return {
         "precision": precision,
         "tokens_per_s": 4 * 256 / statistics.median(times),

@@ -12,14 +12,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from huginn.errors import HuginnError, one_of
 
 BlockType = Literal["sandwich", "prenorm", "postnorm"]
 InjectionType = Literal["linear", "add"]
-BLOCK_TYPES: tuple[str, ...] = ("sandwich", "prenorm", "postnorm")
-INJECTION_TYPES: tuple[str, ...] = ("linear", "add")
+BLOCK_TYPES: tuple[BlockType, ...] = get_args(BlockType)
+INJECTION_TYPES: tuple[InjectionType, ...] = get_args(InjectionType)
+# The default of the `ModelConfig` fields computed from the others (n_kv_heads, head_dim,
+# embed_scale, init_std): passed as None or left out, such a field gets its derived value at
+# construction, so every `ModelConfig` holds a number there (hence the plain `int` / `float` type).
+DERIVED: Any = None
 
 
 def _is_int(value: object) -> bool:
@@ -36,8 +40,8 @@ class ModelConfig:
 
     n_embd: int = 5280
     n_heads: int = 55
-    n_kv_heads: int | None = None  # None: n_heads (multi-head attention)
-    head_dim: int | None = None  # None: n_embd // n_heads
+    n_kv_heads: int = DERIVED  # n_heads (multi-head attention)
+    head_dim: int = DERIVED  # n_embd // n_heads
     intermediate_size: int = 17920  # GLU width
     vocab_size: int = 65536
     padding_multiple: int = 4096  # the embedding has padded_vocab_size rows
@@ -53,11 +57,11 @@ class ModelConfig:
     qk_bias: bool = True
     qk_norm: bool = False  # OLMo-2 style RMSNorm over the whole q and k projections
     tie_embeddings: bool = True
-    embed_scale: float | None = None  # None: sqrt(n_embd), as Huginn
+    embed_scale: float = DERIVED  # sqrt(n_embd), as Huginn
     norm_eps: float = 1e-6
     block_type: BlockType = "sandwich"
     coda_input_norm: bool = True  # ln_f on the state before the coda (Huginn); retrofitted bases have no norm there
-    init_std: float | None = None  # None: sqrt(2 / (5 n_embd)) (Takase init, Huginn's "std")
+    init_std: float = DERIVED  # sqrt(2 / (5 n_embd)) (Takase init, Huginn's "std")
     state_init_scale: float = 1.0  # scale of the initial state's noise; 0 gives a zero state
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown published fields, kept for round trips
 
@@ -81,25 +85,20 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise HuginnError(f"{name} must be a positive integer (or unset), got {value!r}")
-        # resolve the derived defaults once, so equal shapes compare equal
-        if self.n_kv_heads is None:
-            object.__setattr__(self, "n_kv_heads", self.n_heads)
-        if self.head_dim is None and self.n_embd % self.n_heads == 0:
-            object.__setattr__(self, "head_dim", self.n_embd // self.n_heads)
-        if self.embed_scale is None:
-            object.__setattr__(self, "embed_scale", math.sqrt(self.n_embd))
-        if self.init_std is None:
-            object.__setattr__(self, "init_std", math.sqrt(2 / (5 * self.n_embd)))
         if self.head_dim is None and self.n_embd % self.n_heads:
             raise HuginnError(
                 f"n_embd {self.n_embd} is not divisible by n_heads {self.n_heads}; "
                 "pick a width that is a multiple of the head count, or set head_dim"
             )
-        if self.n_heads % self.kv_heads:
-            raise HuginnError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.kv_heads}")
-        if self.dim_head % 2:
-            raise HuginnError(f"head_dim must be even for rotary embeddings, got {self.dim_head}")
-        if self.qk_bias and self.kv_heads != self.n_heads:
+        # resolve the derived defaults once, so equal shapes compare equal
+        for name, value in self._derived_defaults().items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.n_heads % self.n_kv_heads:
+            raise HuginnError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise HuginnError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.qk_bias and self.n_kv_heads != self.n_heads:
             raise HuginnError("qk_bias needs n_kv_heads == n_heads (grouped-query bases have no qk bias)")
         if self.block_type not in BLOCK_TYPES:
             raise one_of("block_type", self.block_type, BLOCK_TYPES)
@@ -109,25 +108,18 @@ class ModelConfig:
             raise HuginnError(f"state_init_scale must be >= 0, got {self.state_init_scale}")
 
     # derived values -------------------------------------------------------------------------
-    @property
-    def kv_heads(self) -> int:
-        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
-
-    @property
-    def dim_head(self) -> int:
-        return self.n_embd // self.n_heads if self.head_dim is None else self.head_dim
+    def _derived_defaults(self) -> dict[str, Any]:
+        """The values of the `DERIVED` fields when they are not given."""
+        return {
+            "n_kv_heads": self.n_heads,
+            "head_dim": self.n_embd // self.n_heads,
+            "embed_scale": math.sqrt(self.n_embd),
+            "init_std": math.sqrt(2 / (5 * self.n_embd)),
+        }
 
     @property
     def padded_vocab_size(self) -> int:
         return find_multiple(self.vocab_size, self.padding_multiple)
-
-    @property
-    def emb_scale(self) -> float:
-        return math.sqrt(self.n_embd) if self.embed_scale is None else float(self.embed_scale)
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(2 / (5 * self.n_embd)) if self.init_std is None else float(self.init_std)
 
     @property
     def n_layers(self) -> int:
@@ -141,7 +133,7 @@ class ModelConfig:
 
     @property
     def out_proj_std(self) -> float:
-        return self.std / math.sqrt(2 * self.effective_expected_depth)
+        return self.init_std / math.sqrt(2 * self.effective_expected_depth)
 
     def replace(self, **changes: Any) -> ModelConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -150,13 +142,7 @@ class ModelConfig:
                 f"unknown model config field(s) {sorted(unknown)}; valid: {', '.join(f.name for f in dataclasses.fields(self))}"
             )
         # fields still at their derived default follow their base (a new width gets a new head_dim)
-        derived = {
-            "n_kv_heads": self.n_heads,
-            "head_dim": self.n_embd // self.n_heads,
-            "embed_scale": math.sqrt(self.n_embd),
-            "init_std": math.sqrt(2 / (5 * self.n_embd)),
-        }
-        for name, value in derived.items():
+        for name, value in self._derived_defaults().items():
             if name not in changes and getattr(self, name) == value:
                 changes[name] = None
         return dataclasses.replace(self, **changes)

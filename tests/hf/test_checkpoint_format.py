@@ -55,6 +55,22 @@ def test_round_trip_any_shape(tmp_path, overrides):
     torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), atol=0, rtol=0)
 
 
+def test_published_names_map_to_one_name_each(fixture_dir):
+    """config.json's names are read and written at the RavenConfig boundary only."""
+    published = json.loads((fixture_dir / "config.json").read_text())
+    mc = AutoConfig.from_pretrained(str(fixture_dir)).to_model_config()
+    assert mc.n_kv_heads == published["num_key_value_heads"] and mc.head_dim == published["head_dim"]
+    assert mc.embed_scale == published["init_values"]["embed_scale"]
+    assert mc.init_std == published["init_values"]["std"]
+    # a shape off Huginn's derived values writes our extension keys next to the published ones
+    gqa = named_shape("tiny", n_kv_heads=2, qk_bias=False, embed_scale=1.0, init_std=0.02)
+    written = RavenConfig.from_model_config(gqa).to_diff_dict()
+    assert (written["num_key_value_heads"], written["embed_scale"], written["init_std"]) == (2, 1.0, 0.02)
+    assert written["init_values"]["std"] == 0.02 and written["init_values"]["embed_scale"] == 1.0
+    assert not {"n_kv_heads", "kv_heads", "dim_head", "emb_scale"} & set(written)
+    assert RavenConfig(**written).to_model_config() == gqa
+
+
 def test_hf_wrapper_equals_core_model():
     model = tiny_model(seed=1)
     core = RecurrentLM(model.model_config).eval()

@@ -67,7 +67,7 @@ def test_injections_are_what_they_say():
     assert torch.equal(identity, torch.cat([torch.zeros(d, d), torch.eye(d)], dim=1))
     linear = convert(base, FULL, "linear", seed=3)
     w = linear.transformer.adapter.weight
-    assert abs(w.std().item() - linear.model_config.std) < 0.2 * linear.model_config.std
+    assert abs(w.std().item() - linear.model_config.init_std) < 0.2 * linear.model_config.init_std
     assert torch.equal(w, convert(base, FULL, "linear", seed=3).transformer.adapter.weight)  # seeded
     x = tokens(seq_len=8)
     # a random adapter depends on the state and on the depth
@@ -83,9 +83,9 @@ def test_injections_are_what_they_say():
 
 def test_config_follows_the_base():
     llama = convert(tiny_base("llama3-rope-scaling"), FULL).model_config
-    assert (llama.block_type, llama.qk_norm, llama.kv_heads, llama.tie_embeddings) == ("prenorm", False, 2, True)
+    assert (llama.block_type, llama.qk_norm, llama.n_kv_heads, llama.tie_embeddings) == ("prenorm", False, 2, True)
     assert llama.rope_scaling["rope_type"] == "llama3" and llama.rope_base == 500000.0
-    assert (llama.emb_scale, llama.coda_input_norm, llama.qk_bias) == (1.0, False, False)
+    assert (llama.embed_scale, llama.coda_input_norm, llama.qk_bias) == (1.0, False, False)
     olmo = convert(tiny_base("olmo2-gqa"), FULL).model_config
     assert (olmo.block_type, olmo.qk_norm, olmo.tie_embeddings) == ("postnorm", True, False)
 

@@ -23,12 +23,12 @@ def demo(shape: str, steps: str, seq_len: int, seed: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from huginn.cli.info import _parse_steps
+    from huginn.cli.info import parse_steps
     from huginn.config import named_shape
     from huginn.model.cost import flops_per_token
     from huginn.model.recurrent import RecurrentLM
 
-    step_list = _parse_steps(steps)
+    step_list = parse_steps(steps)
     cfg = named_shape(shape)
     torch.manual_seed(seed)
     model = RecurrentLM(cfg).eval()

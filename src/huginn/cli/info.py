@@ -9,7 +9,8 @@ import click
 from huginn.errors import HuginnError
 
 
-def _parse_steps(text: str) -> list[int]:
+def parse_steps(text: str) -> list[int]:
+    """`--steps 1,4,8` as [1, 4, 8] (also read by `huginn demo`)."""
     try:
         steps = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -37,7 +38,7 @@ def info(checkpoint_or_shape: str, steps: str, context: int, as_json: bool) -> N
     from huginn.model.cost import flops_per_token, param_counts
 
     cfg, what = resolve_model_config(checkpoint_or_shape)
-    step_list = _parse_steps(steps)
+    step_list = parse_steps(steps)
     pc = param_counts(cfg)
     parts = {
         "embedding": pc.embedding,
@@ -56,8 +57,8 @@ def info(checkpoint_or_shape: str, steps: str, context: int, as_json: bool) -> N
     shape = {
         "layers (prelude/core/coda)": f"{cfg.n_layers_in_prelude}/{cfg.n_layers_in_recurrent_block}/{cfg.n_layers_in_coda}",
         "width": cfg.n_embd,
-        "heads (kv)": f"{cfg.n_heads} ({cfg.kv_heads})",
-        "head_dim": cfg.dim_head,
+        "heads (kv)": f"{cfg.n_heads} ({cfg.n_kv_heads})",
+        "head_dim": cfg.head_dim,
         "GLU width": cfg.intermediate_size,
         "vocab (padded)": f"{cfg.vocab_size} ({cfg.padded_vocab_size})",
         "block size": cfg.block_size,
@@ -66,7 +67,7 @@ def info(checkpoint_or_shape: str, steps: str, context: int, as_json: bool) -> N
         "injection": cfg.injection_type,
         "qk bias": cfg.qk_bias,
         "tied embeddings": cfg.tie_embeddings,
-        "embed scale": round(cfg.emb_scale, 4),
+        "embed scale": round(cfg.embed_scale, 4),
         "mean recurrence": cfg.mean_recurrence,
         "backprop depth": cfg.mean_backprop_depth,
     }

@@ -9,6 +9,8 @@ import time
 
 import click
 
+from huginn.retrofit.convert import INJECTIONS
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("base", type=click.Path(path_type=str))
@@ -29,7 +31,7 @@ import click
 @click.option("--coda", metavar="LAYERS", help="Base layers for the coda, e.g. 18-21 (default: none).")
 @click.option(
     "--injection",
-    type=click.Choice(["identity", "linear", "add"]),
+    type=click.Choice(INJECTIONS),
     default="identity",
     show_default=True,
     help="identity: adapter [0|I] (num_steps=1 reproduces the base cut to the map); "

@@ -56,6 +56,112 @@ def check_seed(seed: int) -> None:
         raise HuginnError(f"--seed must be 0 or more, got {seed}")
 
 
+class _Spill:
+    """Pass 1's buffer: rows bound for output file j (by position) are appended to `j.ids` and
+    `j.pos` under `tmp` whenever more than `buffer_bytes` of rows are held. Also counts the
+    non-pad ids of every output file (`tokens`)."""
+
+    def __init__(self, tmp: Path, rows_per_file: int, n_out: int, buffer_bytes: int):
+        self.tmp, self.rows_per_file, self.buffer_bytes = tmp, rows_per_file, buffer_bytes
+        self.tokens = np.zeros(n_out, np.int64)  # non-pad ids per output file
+        self.buffers: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self.buffered = 0
+
+    def paths(self, j: int) -> tuple[Path, Path]:
+        """The spill files of output file j: its rows and their positions."""
+        return self.tmp / f"{j:05d}.ids", self.tmp / f"{j:05d}.pos"
+
+    def add(self, pos: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> None:
+        """Rows `rows` go to output positions `pos`; `tokens` are their non-pad counts."""
+        bucket = pos // self.rows_per_file
+        np.add.at(self.tokens, bucket, tokens)
+        for j in np.unique(bucket):
+            m = bucket == j
+            self.buffers.setdefault(int(j), []).append((pos[m], rows[m]))
+        self.buffered += rows.nbytes
+        if self.buffered > self.buffer_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        for j, parts in self.buffers.items():
+            ids_path, pos_path = self.paths(j)
+            with open(ids_path, "ab") as fi, open(pos_path, "ab") as fp:
+                for pos, rows in parts:
+                    rows.astype(np.int32).tofile(fi)
+                    pos.astype(np.int64).tofile(fp)
+        self.buffers.clear()
+        self.buffered = 0
+
+
+def _selected_rows(path: str, rows_sel: np.ndarray, pos_sel: np.ndarray, row_len: int):
+    """Yield (rows, their output positions) of the rows `rows_sel` of parquet file `path`, read
+    one row group at a time (only the groups that hold a selected row)."""
+    import pyarrow.parquet as pq
+
+    order = np.argsort(rows_sel, kind="stable")
+    rows_sorted, pos_sorted = rows_sel[order], pos_sel[order]
+    pf = pq.ParquetFile(path)
+    start = 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        a, b = np.searchsorted(rows_sorted, [start, start + n])
+        if b > a:
+            data = table_to_rows(pf.read_row_group(g, columns=[COLUMN]))
+            if data.shape[1] != row_len:
+                raise HuginnError(
+                    f"{path} has rows of {data.shape[1]} ids, expected {row_len}; its manifest does not match"
+                )
+            yield data[rows_sorted[a:b] - start], pos_sorted[a:b]
+        start += n
+
+
+def _spill_inputs(
+    files: Sequence[tuple[str, str]],
+    copies: Sequence[np.ndarray],
+    positions: np.ndarray,
+    spill: _Spill,
+    row_len: int,
+    pad: int,
+) -> dict[str, dict[str, int]]:
+    """Pass 1: every selected row into the spill file of its output file (`positions` holds the
+    output positions of all copies, file after file); returns rows and tokens per source."""
+    sources: dict[str, dict[str, int]] = {}
+    offset = 0
+    for (path, source), rows_sel in zip(files, copies):
+        pos_sel = positions[offset : offset + len(rows_sel)]
+        offset += len(rows_sel)
+        if len(rows_sel) == 0:
+            continue
+        counts = sources.setdefault(source, {"rows": 0, "tokens": 0})
+        for rows, pos in _selected_rows(path, rows_sel, pos_sel, row_len):
+            tokens = (rows != pad).sum(axis=1)
+            counts["rows"] += len(rows)
+            counts["tokens"] += int(tokens.sum())
+            spill.add(pos, rows, tokens)
+    spill.flush()
+    return sources
+
+
+def _write_parts(spill: _Spill, row_len: int, row_group_rows: int) -> list[dict]:
+    """Pass 2: each output file's spilled rows, ordered by position, as `part-j.parquet` in the
+    spill folder; returns the manifest's file records."""
+    import pyarrow.parquet as pq
+
+    records: list[dict] = []
+    for j in range(len(spill.tokens)):
+        ids_path, pos_path = spill.paths(j)
+        ids = np.fromfile(ids_path, np.int32).reshape(-1, row_len)
+        pos = np.fromfile(pos_path, np.int64)
+        name = f"part-{j:05d}.parquet"
+        pq.write_table(
+            rows_to_table(ids[np.argsort(pos)]), spill.tmp / name, row_group_size=row_group_rows, compression="zstd"
+        )
+        os.remove(ids_path)
+        os.remove(pos_path)
+        records.append({"name": name, "rows": len(ids), "tokens": int(spill.tokens[j])})
+    return records
+
+
 def write_shuffled(
     files: Sequence[tuple[str, str]],
     copies: Sequence[np.ndarray],
@@ -70,8 +176,6 @@ def write_shuffled(
 ) -> dict:
     """Write `copies[i]` (row indices of input file `files[i] = (path, source)`, repeats allowed)
     in one seeded random order as a packed dataset in `out_dir`; returns its manifest."""
-    import pyarrow.parquet as pq
-
     from huginn.data.tokenize import (
         MANIFEST,
         _atomic_write_json,
@@ -84,10 +188,8 @@ def write_shuffled(
     check_count("--row-group-rows", row_group_rows)
     check_seed(seed)
     row_len = base_manifest["row_len"]
-    pad = base_manifest["tokenizer"]["pad"]
-    seq_len = row_len - 1
-    R = rows_per_file or default_rows_per_file(seq_len)
-    G = min(row_group_rows or default_row_group_rows(seq_len), R)
+    R = rows_per_file or default_rows_per_file(row_len - 1)
+    G = min(row_group_rows or default_row_group_rows(row_len - 1), R)
     total = int(sum(len(c) for c in copies))
     if total == 0:
         raise HuginnError(f"nothing to write to {out_dir}: the selection has no rows (check weights and val_fraction)")
@@ -95,76 +197,20 @@ def write_shuffled(
     created = not out.exists()
     tmp = out / ".tmp"
     positions = np.random.default_rng(seed).permutation(total)
-    n_out = -(-total // R)
-    file_tokens = np.zeros(n_out, np.int64)  # non-pad ids per output file
-    source_stats: dict[str, dict[str, int]] = {}
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        buffers: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        buffered = 0
-
-        def flush() -> None:
-            nonlocal buffered
-            for j, parts in buffers.items():
-                with open(tmp / f"{j:05d}.ids", "ab") as fi, open(tmp / f"{j:05d}.pos", "ab") as fp:
-                    for pos, rows in parts:
-                        rows.astype(np.int32).tofile(fi)
-                        pos.astype(np.int64).tofile(fp)
-            buffers.clear()
-            buffered = 0
-
-        offset = 0
-        for (path, source), rows_sel in zip(files, copies):
-            pos_sel = positions[offset : offset + len(rows_sel)]
-            offset += len(rows_sel)
-            if len(rows_sel) == 0:
-                continue
-            order = np.argsort(rows_sel, kind="stable")
-            rows_sorted, pos_sorted = rows_sel[order], pos_sel[order]
-            pf = pq.ParquetFile(path)
-            start = 0
-            src = source_stats.setdefault(source, {"rows": 0, "tokens": 0})
-            for g in range(pf.metadata.num_row_groups):
-                n = pf.metadata.row_group(g).num_rows
-                a, b = np.searchsorted(rows_sorted, [start, start + n])
-                if b > a:
-                    data = table_to_rows(pf.read_row_group(g, columns=[COLUMN]))
-                    if data.shape[1] != row_len:
-                        raise HuginnError(
-                            f"{path} has rows of {data.shape[1]} ids, expected {row_len}; its manifest does not match"
-                        )
-                    picked, pos = data[rows_sorted[a:b] - start], pos_sorted[a:b]
-                    toks = (picked != pad).sum(axis=1)
-                    src["rows"] += len(picked)
-                    src["tokens"] += int(toks.sum())
-                    bucket = pos // R
-                    np.add.at(file_tokens, bucket, toks)
-                    for j in np.unique(bucket):
-                        m = bucket == j
-                        buffers.setdefault(int(j), []).append((pos[m], picked[m]))
-                    buffered += picked.nbytes
-                    if buffered > buffer_bytes:
-                        flush()
-                start += n
-        flush()
-        records: list[dict] = []
-        for j in range(n_out):
-            ids = np.fromfile(tmp / f"{j:05d}.ids", np.int32).reshape(-1, row_len)
-            pos = np.fromfile(tmp / f"{j:05d}.pos", np.int64)
-            name = f"part-{j:05d}.parquet"
-            pq.write_table(rows_to_table(ids[np.argsort(pos)]), tmp / name, row_group_size=G, compression="zstd")
-            os.remove(tmp / f"{j:05d}.ids")
-            os.remove(tmp / f"{j:05d}.pos")
-            records.append({"name": name, "rows": len(ids), "tokens": int(file_tokens[j])})
+        spill = _Spill(tmp, R, -(-total // R), buffer_bytes)
+        sources = _spill_inputs(files, copies, positions, spill, row_len, base_manifest["tokenizer"]["pad"])
+        records = _write_parts(spill, row_len, G)
         for r in records:
             os.replace(tmp / r["name"], out / r["name"])
         manifest = {k: base_manifest[k] for k in ("format", "version", "column", "seq_len", "row_len", "tokenizer")}
         manifest.update(
             {
                 "rows": total,
-                "tokens": int(file_tokens.sum()),
+                "tokens": int(spill.tokens.sum()),
                 "files": records,
-                "sources": source_stats,
+                "sources": sources,
                 "shuffle_seed": seed,
                 **(extra or {}),
             }

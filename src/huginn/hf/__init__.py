@@ -10,6 +10,7 @@ from huginn.hf.cache import HuginnDynamicCache
 from huginn.hf.configuration import RavenConfig
 from huginn.hf.modeling import CausalLMOutputRecurrentLatents, RavenForCausalLM, RavenPreTrainedModel
 
+# the package's names for the published classes (exported by `huginn` too)
 HuginnConfig = RavenConfig
 HuginnForCausalLM = RavenForCausalLM
 

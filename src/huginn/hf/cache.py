@@ -1,7 +1,7 @@
 """A simple, correct KV cache for the transformers shell: one growing (keys, values) pair per slot.
 
-Slots follow the reference numbering (prelude i -> i; core layer j at step t -> P + t*R + j;
-coda i -> -(i + 1)), so a forward at any `num_steps` finds its own entries. It appends with
+Slots are numbered by `huginn.model.slots.SlotLayout` (the reference's numbering), so a forward at
+any `num_steps` finds its own entries. It appends with
 `torch.cat` (a copy per token): fine for tests and short prompts. The preallocated cache with
 sharing policies and per-token step records is `huginn.infer.kv_cache`.
 """

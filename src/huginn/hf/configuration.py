@@ -3,8 +3,20 @@
 
 Field names, defaults and the derived `init_values` follow the published `raven_config_minimal.py`,
 so a `config.json` written by the reference loads here and ours loads there. Fields that only our
-extensions use (grouped-query bases, pre/post-norm blocks, llama3 RoPE scaling, QK-norm) are
-written only when they differ from Huginn's. Non-goal: any modelling code.
+extensions use (llama3 RoPE scaling, QK-norm, a non-Huginn embedding scale or init std, no coda
+input norm) are written only when they differ from Huginn's.
+
+This is the one place where the published names meet ours (`to_model_config`, `from_model_config`):
+
+    published (config.json)                  ModelConfig
+    num_key_value_heads                      n_kv_heads
+    head_dim                                 head_dim
+    init_values["embed_scale"], embed_scale  embed_scale
+    init_values["std"], init_std             init_std
+    block_class_name ("SandwichBlock", ...)  block_type ("sandwich", ...)
+    rope_scaling_config                      rope_scaling
+
+Non-goal: any modelling code.
 """
 
 from __future__ import annotations
@@ -149,8 +161,8 @@ class RavenConfig(PretrainedConfig):
         fields = dict(
             n_embd=mc.n_embd,
             n_heads=mc.n_heads,
-            num_key_value_heads=mc.kv_heads,
-            head_dim=mc.dim_head,
+            num_key_value_heads=mc.n_kv_heads,
+            head_dim=mc.head_dim,
             n_layers=mc.n_layers,
             block_size=mc.block_size,
             vocab_size=mc.vocab_size,
@@ -170,8 +182,8 @@ class RavenConfig(PretrainedConfig):
             rope_base=mc.rope_base if mc.rope_base != int(mc.rope_base) else int(mc.rope_base),
             rope_scaling_config=mc.rope_scaling,
             # written only where they differ from Huginn's derived values
-            embed_scale=None if math.isclose(mc.emb_scale, math.sqrt(mc.n_embd)) else mc.emb_scale,
-            init_std=None if math.isclose(mc.std, math.sqrt(2 / (5 * mc.n_embd))) else mc.std,
+            embed_scale=None if math.isclose(mc.embed_scale, math.sqrt(mc.n_embd)) else mc.embed_scale,
+            init_std=None if math.isclose(mc.init_std, math.sqrt(2 / (5 * mc.n_embd))) else mc.init_std,
             coda_input_norm=mc.coda_input_norm,
         )
         fields.update(kwargs)

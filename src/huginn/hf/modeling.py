@@ -75,16 +75,20 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
     def get_output_embeddings(self) -> torch.nn.Module:
         return self.lm_head
 
+    # transformers' gradient checkpointing switches: the forward passes the flag to the recurrence,
+    # which checkpoints each core step with gradients (the model itself holds no training state)
+    gradient_checkpointing = False
+
     def _set_gradient_checkpointing(
         self, enable: bool = True, gradient_checkpointing_func: Any = None, every_n_layers: int = 1
     ) -> None:
-        self.checkpoint_core = enable
+        self.gradient_checkpointing = enable
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None, **kwargs: Any) -> None:
-        self.checkpoint_core = True
+        self.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
-        self.checkpoint_core = False
+        self.gradient_checkpointing = False
 
     def forward(  # type: ignore[override]
         self,
@@ -95,7 +99,7 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
         labels: Tensor | None = None,
         use_cache: bool | None = None,
         num_steps: Steps | None = None,
-        init_scale: float = 1.0,
+        init_scale: float | None = None,
         input_states: Tensor | None = None,
         generator: torch.Generator | None = None,
         return_states: bool = False,
@@ -128,6 +132,7 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
             position_ids=position_ids,
             cache=cast(KVCache | None, cache),  # a huginn cache (checked above)
             return_states=return_states,
+            checkpoint_core=self.gradient_checkpointing,
         )
         loss = log_ppl = None
         if labels is not None:
@@ -189,7 +194,7 @@ class RavenForCausalLM(RavenPreTrainedModel, RecurrentLM, GenerationMixin):
             raise HuginnError(f"checkpoint {where} does not match its config.json: {'; '.join(parts)}; {fix}")
         if "freqs_cis" in info.get("missing_keys", ()):
             mc = model.model_config
-            model.freqs_cis = rope_table(mc.dim_head, mc.block_size, mc.rope_base, mc.rope_scaling).to(model.device)
+            model.freqs_cis = rope_table(mc.head_dim, mc.block_size, mc.rope_base, mc.rope_scaling).to(model.device)
         return (model, info) if want_info else model
 
 
@@ -200,6 +205,3 @@ HF_FORWARD_KWARGS = {"output_attentions", "output_hidden_states", "token_type_id
 FORWARD_NAMES = sorted(
     {*inspect.signature(RavenForCausalLM.forward).parameters, *HF_FORWARD_KWARGS} - {"self", "kwargs"}
 )
-
-
-HuginnForCausalLM = RavenForCausalLM

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from huginn.infer import packed_linear
 from huginn.model.layers import AttentionContext
+from huginn.model.recurrence import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,7 @@ def _blocks_call(blocks: nn.ModuleList, x: Tensor, rope: Tensor, kvs: list[SlotK
 def _token_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, num_steps: int) -> tuple[Tensor, Tensor]:
     ctx = AttentionContext(rope, None, False, kv)
     e = model.embed(ids, ctx)
-    for step in range(num_steps):
-        state = model.core_step(state, e, ctx, step)
+    state = model.recur(state, e, ctx, Schedule.plain(num_steps)).state  # the plain path: one traced loop
     return model.predict(state, ctx, last_only=True)
 
 
@@ -219,7 +219,7 @@ def begin_token(cache, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
     The mask's length is marked dynamic, so the graphs read only the filled part of the cache
     without compiling anew as the context grows."""
     c = cache
-    c._begin(1)
+    c.begin(1)
     n, device = c.length, c.device
     col = torch.tensor([n - 1], device=device)
     if attention_mask is None:
@@ -243,8 +243,8 @@ def decode_token(
     (`graph`: a `FrozenGraph` instead of the shared one)."""
     c = cache
     col, valid = begin_token(c, attention_mask)
-    front = c.P + num_steps * c.R
-    slots = [*range(front), *(-(i + 1) for i in range(c.C))]
+    front = c.layout.front(num_steps)
+    slots = [*range(front), *c.layout.coda()]
     kv = TokenKV([slot_kv(c, s, col, valid) for s in slots], front)
     return (graph or compiled_graph("token"))(model, ids, state, rope, kv, num_steps)
 

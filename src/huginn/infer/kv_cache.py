@@ -3,8 +3,9 @@
 One contiguous buffer `(n_slots, B, kv_heads, capacity, head_dim)` for keys and one for values; a
 forward writes its new tokens in place and attends to a view of the first `length` columns, so
 decoding never copies the past (the reference keeps a tensor per token in dicts and re-stacks them
-at every layer call). Slots follow the reference numbering (prelude i -> i; core layer j at step t
--> P + t*R + j; coda i -> -(i+1)); a `CachePolicy` maps core slots onto fewer storage slots:
+at every layer call). Slots are numbered by `huginn.model.slots.SlotLayout` (prelude i -> i; core
+layer j at step t -> P + t*R + j; coda i -> -(i+1)); a `CachePolicy` maps core slots onto fewer
+storage slots:
 
 - `share="none"`: every (step, layer) pair has its own slot (the reference's "full");
 - `share="cycle", n=N`: core index c = slot - P is stored at c % N ("compress-sN": later steps
@@ -16,8 +17,14 @@ early (adaptive compute), later tokens that run deeper need its entries for step
 `lookup="latest"` fills them, once, when the token is finished, with the entry of the latest step
 that token computed with the same core layer (the reference's "latest-m4" for a 4-layer core;
 "available-m4" gives the same entries); `lookup="skip"` masks them out of attention instead.
-Rows can be frozen (`active_rows`) so that a row that exited keeps exactly the entries it would
+Rows can be frozen (`set_active_rows`) so that a row that exited keeps exactly the entries it would
 have alone, while the rest of the batch iterates on.
+
+The cache's API for its writers: `begin(S)` starts a forward of S new tokens (attention calls it
+when slot 0 is written; compiled decoding calls it before its graph), `claim(slot)` maps a slot to
+its storage and records the core step it starts, `update(k, v, slot)` writes and returns the
+slot's entries, `set_active_rows(rows)` freezes rows, `finish()` records the forward's steps per
+token. Nothing outside touches its private state.
 
 Non-goals: paged storage, beam search bookkeeping beyond `reorder_cache`, cross-device sharding.
 """
@@ -27,18 +34,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 from transformers.cache_utils import Cache
 
 from huginn.errors import HuginnError
+from huginn.model.slots import SlotLayout
 
 Share = Literal["none", "cycle", "run"]
 Lookup = Literal["latest", "skip"]
-SHARES: tuple[str, ...] = ("none", "cycle", "run")
-LOOKUPS: tuple[str, ...] = ("latest", "skip")
+SHARES: tuple[Share, ...] = get_args(Share)
+LOOKUPS: tuple[Lookup, ...] = get_args(Lookup)
 REFERENCE_STRATEGIES = (
     "full",
     "latest-m{R}",
@@ -146,6 +154,7 @@ class HuginnStaticCache(Cache):
     ) -> None:
         super().__init__(layers=[])
         self.policy = policy or CachePolicy()
+        self.layout = SlotLayout(n_prelude, n_core, n_coda)
         self.P, self.R, self.C = n_prelude, n_core, n_coda
         self.rows, self.kv_heads, self.head_dim = batch_size, kv_heads, head_dim
         self.dtype, self.device = dtype, torch.device(device) if device is not None else torch.device("cpu")
@@ -181,8 +190,8 @@ class HuginnStaticCache(Cache):
             cfg.n_layers_in_prelude,
             cfg.n_layers_in_recurrent_block,
             cfg.n_layers_in_coda,
-            cfg.kv_heads,
-            cfg.dim_head,
+            cfg.n_kv_heads,
+            cfg.head_dim,
             batch_size,
             max_steps,
             capacity,
@@ -193,22 +202,30 @@ class HuginnStaticCache(Cache):
 
     # --- slot mapping -------------------------------------------------------------------------
     def storage_index(self, slot: int) -> int:
-        if slot < 0:
-            return self.P + self.n_core_slots + (-slot - 1)
-        if slot < self.P:
-            return slot
-        core = slot - self.P
-        if core >= self.max_steps * self.R:
-            self._grow_steps(core // self.R + 1)
-        return self.P + self.policy.core_slot(core)
+        """Where `slot`'s entries are stored: prelude slots first, then the policy's core slots,
+        then the coda's."""
+        part, step, layer = self.layout.locate(slot)
+        if part == "prelude":
+            return layer
+        if part == "coda":
+            return self.P + self.n_core_slots + layer
+        if step >= self.max_steps:
+            self._grow_steps(step + 1)
+        return self.P + self.policy.core_slot(self.layout.core_index(slot))
 
     def claim(self, slot: int) -> int:
         """The storage index of a block call's `slot`, recording a core step when the slot is the
         first core layer of that step (every writer of the cache goes through here)."""
         i = self.storage_index(slot)
-        if slot >= self.P and (slot - self.P) % self.R == 0:
-            self._record_step((slot - self.P) // self.R + 1)
+        step = self.layout.starts_step(slot)
+        if step is not None:
+            self._record_step(step)
         return i
+
+    def set_active_rows(self, rows: Tensor | None) -> None:
+        """(B,) bool: only these rows' writes count from now on (rows that exited keep their
+        entries); None: every row."""
+        self.active_rows = rows
 
     @property
     def capacity(self) -> int:
@@ -217,8 +234,8 @@ class HuginnStaticCache(Cache):
     # --- the attention-facing API ------------------------------------------------------------
     def update(self, key: Tensor, value: Tensor, slot: int, *args, **kwargs) -> tuple[Tensor, Tensor, Tensor | None]:  # type: ignore[override]
         S = key.shape[2]
-        if slot == 0:
-            self._begin(S)
+        if self.layout.begins_forward(slot):
+            self.begin(S)
         i = self.claim(slot)
         start, end = self._start, self._start + S
         rows = self.active_rows
@@ -253,8 +270,8 @@ class HuginnStaticCache(Cache):
         return self.length > 0
 
     # --- bookkeeping --------------------------------------------------------------------------
-    def _begin(self, S: int) -> None:
-        """A new forward starts (slot 0 is always the first call): finish the previous one."""
+    def begin(self, S: int) -> None:
+        """A new forward of `S` tokens starts (slot 0 is always its first call): finish the previous one."""
         self.finish()
         if self.length + S > self.capacity:
             self._grow_capacity(max(self.length + S, 2 * self.capacity))

@@ -23,7 +23,7 @@ def init_module(module: nn.Module, name: str, cfg, generator: torch.Generator | 
     from huginn.model.layers import Attention, RMSNorm
 
     if isinstance(module, (nn.Linear, nn.Embedding)):
-        std = cfg.out_proj_std if name.endswith(OUT_PROJ_NAMES) else cfg.std
+        std = cfg.out_proj_std if name.endswith(OUT_PROJ_NAMES) else cfg.init_std
         with torch.no_grad():
             nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std, generator=generator)
     elif isinstance(module, RMSNorm):

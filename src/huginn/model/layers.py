@@ -22,8 +22,8 @@ from huginn.config import ModelConfig
 
 
 class KVCache(Protocol):
-    """What attention needs from a KV cache. `slot` is the reference's layer-call index:
-    prelude layer i -> i; core layer j at step t -> n_prelude + t * n_core + j; coda layer i -> -(i + 1)."""
+    """What attention needs from a KV cache. `slot` is the block call's cache slot, numbered by
+    `huginn.model.slots.SlotLayout` (writing slot 0 begins a forward)."""
 
     def update(self, key: Tensor, value: Tensor, slot: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """Store this call's keys/values (B, KVH, S, hd); return all keys/values for the slot and an
@@ -136,7 +136,7 @@ def single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None)
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.kv_heads, cfg.dim_head
+        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.Wqkv = nn.Linear(cfg.n_embd, (self.n_heads + 2 * self.n_kv) * self.hd, bias=False)
         self.qk_bias: nn.Parameter | None
         self.q_norm: RMSNorm | None

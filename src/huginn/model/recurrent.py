@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from huginn.config import ModelConfig
 from huginn.errors import HuginnError
 from huginn.model.init import init_weights
 from huginn.model.layers import BLOCKS, AttentionContext, KVCache, RMSNorm, causal_mask, rope_table, run_blocks
+from huginn.model.recurrence import Recurrence, Schedule, StepHook, recur
+from huginn.model.slots import SlotLayout
 
 Steps = int | Tensor | tuple[int | Tensor, int | Tensor] | list[int | Tensor]
 
@@ -161,6 +162,7 @@ FORWARD_KWARGS = [
     "position_ids",
     "cache",
     "return_states",
+    "checkpoint_core",
 ]
 
 
@@ -180,6 +182,7 @@ class RecurrentLM(nn.Module):
     transformers API; parameter names are those of the published checkpoint format."""
 
     model_config: ModelConfig
+    slots: SlotLayout
     transformer: Transformer
     lm_head: nn.Linear
     freqs_cis: Tensor
@@ -192,7 +195,7 @@ class RecurrentLM(nn.Module):
 
     def build(self, cfg: ModelConfig) -> None:
         self.model_config = cfg
-        self.checkpoint_core = False  # per-iteration activation checkpointing of grad steps (training)
+        self.slots = SlotLayout.of(cfg)  # which KV-cache slot each block call writes
         block = BLOCKS[cfg.block_type]
         d = cfg.n_embd
         modules: dict[str, nn.Module] = {
@@ -209,7 +212,7 @@ class RecurrentLM(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         # persistent, as published: the checkpoint carries the table and we use it as stored
-        self.register_buffer("freqs_cis", rope_table(cfg.dim_head, cfg.block_size, cfg.rope_base, cfg.rope_scaling))
+        self.register_buffer("freqs_cis", rope_table(cfg.head_dim, cfg.block_size, cfg.rope_base, cfg.rope_scaling))
 
     # --- step-level pieces --------------------------------------------------------------------
     def context(
@@ -256,9 +259,9 @@ class RecurrentLM(nn.Module):
     def embed(self, input_ids: Tensor, ctx: AttentionContext) -> Tensor:
         """Token embedding (scaled) followed by the prelude: the injected `e`."""
         x = self.transformer.wte(input_ids)
-        if self.model_config.emb_scale != 1:
-            x = x * self.model_config.emb_scale
-        return run_blocks(self.transformer.prelude, x, ctx, list(range(len(self.transformer.prelude))))
+        if self.model_config.embed_scale != 1:
+            x = x * self.model_config.embed_scale
+        return run_blocks(self.transformer.prelude, x, ctx, self.slots.prelude())
 
     def initialize_state(
         self, e: Tensor, init_scale: float | None = None, generator: torch.Generator | None = None
@@ -267,13 +270,13 @@ class RecurrentLM(nn.Module):
         shaped like `e` (only its shape, dtype and device are read)."""
         cfg = self.model_config
         scale = cfg.state_init_scale if init_scale is None else init_scale
-        std = cfg.std * scale
+        std = cfg.init_std * scale
         if std == 0:
             return torch.zeros_like(e)
         x = torch.empty(e.shape, dtype=torch.float32, device=e.device)
         nn.init.trunc_normal_(x, mean=0.0, std=std, a=-3 * std, b=3 * std, generator=generator)
-        if cfg.emb_scale != 1:
-            x = x * cfg.emb_scale
+        if cfg.embed_scale != 1:
+            x = x * cfg.embed_scale
         return x.to(e.dtype)
 
     def core_step(self, state: Tensor, e: Tensor, ctx: AttentionContext, step: int) -> Tensor:
@@ -282,9 +285,21 @@ class RecurrentLM(nn.Module):
             x = self.transformer.adapter(torch.cat([state, e], dim=-1))
         else:
             x = state + e
-        R = self.model_config.n_layers_in_recurrent_block
-        first = self.model_config.n_layers_in_prelude + step * R
-        return run_blocks(self.transformer.core_block, x, ctx, list(range(first, first + R)))
+        return run_blocks(self.transformer.core_block, x, ctx, self.slots.core(step))
+
+    def recur(
+        self,
+        state: Tensor,
+        e: Tensor,
+        ctx: AttentionContext,
+        schedule: Schedule,
+        *,
+        hook: StepHook | None = None,
+        limit: Tensor | None = None,
+    ) -> Recurrence:
+        """The core iterated from `state` with `e` injected at every step: `huginn.model.recurrence.recur`
+        over `core_step` (the one loop every caller uses; see that module for schedule, hook, limit)."""
+        return recur(lambda s, step: self.core_step(s, e, ctx, step), state, schedule, hook=hook, limit=limit)
 
     def readout(self, state: Tensor, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
         """(hidden, latents): the coda's normalised output, which the head reads, and ln_f(state).
@@ -292,17 +307,19 @@ class RecurrentLM(nn.Module):
         once, after its last layer). Training calls this too, so both compute the same function."""
         latents = self.transformer.ln_f(state)
         x = latents if self.model_config.coda_input_norm else state
-        x = run_blocks(self.transformer.coda, x, ctx, [-(i + 1) for i in range(len(self.transformer.coda))])
+        x = run_blocks(self.transformer.coda, x, ctx, self.slots.coda())
         return self.transformer.ln_f(x), latents
 
     def predict(self, state: Tensor, ctx: AttentionContext, last_only: bool = False) -> tuple[Tensor, Tensor]:
         """(logits, latents) from a state: `readout`, then the head. With `last_only` the head
         reads only the last position (decoding): logits (B, V), latents (B, 1, d); the coda still
-        runs over every position, so that its KV entries exist for later tokens."""
+        runs over every position, so that its KV entries exist for later tokens. Logits are fp32
+        (fp64 stays fp64: exactness checks compare in double precision)."""
         hidden, latents = self.readout(state, ctx)
         if last_only:
             hidden, latents = hidden[:, -1], latents[:, -1:]
-        return self.lm_head(hidden).float(), latents
+        logits = self.lm_head(hidden)
+        return (logits if logits.dtype == torch.float64 else logits.float()), latents
 
     # --- the whole model ----------------------------------------------------------------------
     def forward(
@@ -317,8 +334,11 @@ class RecurrentLM(nn.Module):
         position_ids: Tensor | None = None,
         cache: KVCache | None = None,
         return_states: bool = False,
+        checkpoint_core: bool = False,
         **unknown: Any,
     ) -> RecurrentOutput:
+        """The whole model: embed, `num_steps` core steps from the initial state, readout and head.
+        `checkpoint_core` recomputes each gradient step's activations in the backward (training)."""
         check_forward_kwargs(unknown, FORWARD_KWARGS)
         n_no_grad, n_grad = normalize_steps(num_steps, self.model_config.mean_recurrence)
         check_init_scale(init_scale)
@@ -332,18 +352,13 @@ class RecurrentLM(nn.Module):
             if input_states.shape != e.shape:
                 raise HuginnError(f"input_states has shape {tuple(input_states.shape)}, expected {tuple(e.shape)}")
             state = input_states.to(e.dtype)
-        states: list[Tensor] | None = [] if return_states else None
-        with torch.no_grad():
-            for step in range(n_no_grad):
-                state = self.core_step(state, e, ctx, step)
-                if states is not None:
-                    states.append(state)
-        for step in range(n_no_grad, n_no_grad + n_grad):
-            if self.checkpoint_core and torch.is_grad_enabled():
-                state = checkpoint(self.core_step, state, e, ctx, step, use_reentrant=False)
-            else:
-                state = self.core_step(state, e, ctx, step)
-            if states is not None:
-                states.append(state)
+        states: list[Tensor] = []
+
+        def record(step: int, new: Tensor, previous: Tensor) -> None:
+            states.append(new)
+
+        state = self.recur(
+            state, e, ctx, Schedule(n_no_grad, n_grad, checkpoint_core), hook=record if return_states else None
+        ).state
         logits, latents = self.predict(state, ctx)
-        return RecurrentOutput(logits=logits, state=state, latents=latents, states=states)
+        return RecurrentOutput(logits=logits, state=state, latents=latents, states=states if return_states else None)

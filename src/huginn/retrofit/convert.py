@@ -25,7 +25,7 @@ Non-goals: loading files (`huginn.retrofit.base`), training (`huginn.train`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -38,8 +38,8 @@ from huginn.retrofit.layer_map import LayerMap
 if TYPE_CHECKING:
     from huginn.model.recurrent import RecurrentLM
 
-Injection = Literal["linear", "identity", "add"]
-INJECTIONS: tuple[str, ...] = ("linear", "identity", "add")
+Injection = Literal["identity", "linear", "add"]
+INJECTIONS: tuple[Injection, ...] = get_args(Injection)
 
 
 def model_config_for(

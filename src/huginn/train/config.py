@@ -31,6 +31,9 @@ from typing import Any, Literal
 import yaml
 
 from huginn.errors import HuginnError, one_of
+from huginn.train.optim import OptimizerName, ScheduleKind
+from huginn.train.parallel import ParallelKind
+from huginn.train.steps import Curriculum, Scheme
 
 
 @dataclass
@@ -52,16 +55,16 @@ class DataSection:
 
 @dataclass
 class DepthSection:
-    scheme: Literal["poisson-lognormal", "fixed"] = "poisson-lognormal"
+    scheme: Scheme = "poisson-lognormal"
     mean_recurrence: int | None = None  # None: the model's mean_recurrence
     backprop_depth: int | None = None  # None: the model's mean_backprop_depth
-    curriculum: Literal["none", "linear", "1-sqrt"] = "none"
+    curriculum: Curriculum = "none"
     curriculum_fraction: float = 0.25  # of max_steps
 
 
 @dataclass
 class OptimSection:
-    name: Literal["adamw", "ellis-adam", "muon"] = "adamw"
+    name: OptimizerName = "adamw"
     lr: float = 1e-3  # AdamW / ELLISAdam lr; with muon: the lr of embeddings, head, norms and biases
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
@@ -79,7 +82,7 @@ class OptimSection:
 
 @dataclass
 class ScheduleSection:
-    kind: Literal["wsd", "cosine", "constant"] = "wsd"
+    kind: ScheduleKind = "wsd"
     warmup: float = 0.05  # fraction of max_steps if < 1, else steps
     decay: float = 0.2  # wsd: the final fraction (or steps) that decays to min_lr_ratio
     min_lr_ratio: float = 0.1
@@ -126,7 +129,7 @@ class LogSection:
 
 @dataclass
 class ParallelSection:
-    kind: Literal["ddp", "fsdp"] = "ddp"  # used under torchrun (world size > 1)
+    kind: ParallelKind = "ddp"  # used under torchrun (world size > 1)
 
 
 @dataclass

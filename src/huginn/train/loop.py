@@ -23,13 +23,14 @@ from torch import nn
 
 from huginn.config import ModelConfig, named_shape
 from huginn.errors import HuginnError
+from huginn.model.cost import train_flops_per_token
 from huginn.model.recurrent import RecurrentLM
 from huginn.outdir import check_writable_out
 from huginn.train import checkpoint, corpus, report
 from huginn.train.config import JobConfig, dump_config, validate
 from huginn.train.data import BuiltinSource, ChatSource, Layout, PackedSource
 from huginn.train.forward import TrainForward, blocks
-from huginn.train.metrics import Metrics, count_params
+from huginn.train.metrics import Metrics
 from huginn.train.optim import build_optimizer, lr_factor, set_lr
 from huginn.train.parallel import Dist, all_sum, apply_parallel, barrier, init_distributed, no_sync, shutdown
 from huginn.train.steps import DepthSampler
@@ -204,7 +205,7 @@ def memory_needed(cfg: JobConfig, mc: ModelConfig, micro: int, backprop_depth: i
     activation checkpointing one core pass plus the k saved states. The attention scores, norms,
     the loss chunk and allocator slack come on top, so a refusal means the run cannot fit."""
     d, inter = mc.n_embd, mc.intermediate_size
-    qkv = (mc.n_heads + 2 * mc.kv_heads) * mc.dim_head
+    qkv = (mc.n_heads + 2 * mc.n_kv_heads) * mc.head_dim
     per_block = 2 * d + qkv + 3 * inter
     core = mc.n_layers_in_recurrent_block
     if cfg.train.activation_checkpointing:
@@ -288,7 +289,6 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
         TrainForward(model, t.loss_chunk, t.activation_checkpointing, t.seed), cfg.parallel.kind, d, cfg.optim.name
     )
     opt = build_optimizer(model, cfg.optim)
-    counts = count_params(model)
 
     start = 0
     if resuming and (ckpt := checkpoint.latest(run)) is not None:
@@ -347,7 +347,7 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
 
         result.losses.append(loss_value)
         rows_tokens = int(t.batch_size * batches[0][0].shape[1])
-        metrics.count(rows_tokens, counts.step_flops(rows_tokens, n, k))
+        metrics.count(rows_tokens, rows_tokens * train_flops_per_token(mc, n, k))
         last_step = step + 1 == stop
         metrics.log_step(
             step + 1, loss_value, lr, n, k, float(grad_norm), log=(step + 1) % cfg.log.every == 0 or last_step

@@ -1,14 +1,13 @@
-"""Training metrics: FLOP accounting, `metrics.jsonl`, progress output, optional TensorBoard / W&B.
+"""Training metrics: `metrics.jsonl` with rates, progress output, optional TensorBoard / W&B.
 
 Progress goes to stdout: a tqdm bar on a terminal; anywhere else (CI logs, `huginn train > log`) a
 plain line every ~10 s of wall time or every 5% of the steps, whichever comes first, with step,
 loss, rate and ETA (`Progress`), instead of a redrawn bar that logs one line per step.
 
-FLOPs of one optimizer step (retrofitted-recurrence accounting, head included):
-    6 * D * N1 + 2 * D * N2,  N1 = prelude + k * core + coda + head,  N2 = n * core
-with D tokens, k grad steps, n no-grad steps and `core` = the core blocks plus the adapter (the
-parameters run once per iteration). Recomputation under activation checkpointing is not counted
-(model FLOPs, as MFU is usually reported). Non-goal: attention FLOPs (small at these lengths).
+The loop counts each step's tokens and FLOPs (`Metrics.count`) with the one cost model,
+`huginn.model.cost.train_flops_per_token` (matmul FLOPs: 6 x the weights a token passes through
+with gradients, 2 x those without); every record turns them into tokens/s, TFLOP/s and, with
+`log.peak_flops`, MFU. Non-goal: counting FLOPs here.
 """
 
 from __future__ import annotations
@@ -18,39 +17,8 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, cast
-
-from torch import nn
-
-from huginn.train.forward import blocks, part
-
-
-@dataclass(frozen=True)
-class ParamCounts:
-    prelude: int
-    core: int
-    coda: int
-    head: int
-
-    def step_flops(self, tokens: int, no_grad_steps: int, grad_steps: int) -> float:
-        n1 = self.prelude + grad_steps * self.core + self.coda + self.head
-        n2 = no_grad_steps * self.core
-        return 6.0 * tokens * n1 + 2.0 * tokens * n2
-
-
-def count_params(model: nn.Module) -> ParamCounts:
-    def n(mods: list[nn.Module]) -> int:
-        return sum(p.numel() for m in mods for p in m.parameters())
-
-    adapter = [part(model, "adapter")] if "adapter" in cast(nn.ModuleDict, model.transformer) else []
-    return ParamCounts(
-        prelude=n(blocks(model, "prelude")),
-        core=n(blocks(model, "core_block") + adapter),
-        coda=n([*blocks(model, "coda"), part(model, "ln_f")]),
-        head=cast(nn.Linear, model.lm_head).weight.numel(),
-    )
+from typing import Any, TextIO
 
 
 def _is_tty(stream: TextIO) -> bool:

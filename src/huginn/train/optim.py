@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +28,10 @@ from torch.optim import Optimizer
 
 from huginn.errors import HuginnError, one_of
 
-OPTIMIZERS = ("adamw", "ellis-adam", "muon")
-SCHEDULES = ("wsd", "cosine", "constant")
+OptimizerName = Literal["adamw", "ellis-adam", "muon"]
+ScheduleKind = Literal["wsd", "cosine", "constant"]
+OPTIMIZERS: tuple[OptimizerName, ...] = get_args(OptimizerName)
+SCHEDULES: tuple[ScheduleKind, ...] = get_args(ScheduleKind)
 EMBEDDING_NAMES = ("wte", "lm_head")
 
 
@@ -161,7 +163,7 @@ class Optimizers:
 
 
 def build_optimizer(model: nn.Module, cfg: Any) -> Optimizers:
-    """The optimizer(s) named by `cfg` (a `huginn.train.config.OptimConfig`) over `model`'s groups."""
+    """The optimizer(s) named by `cfg` (a `huginn.train.config.OptimSection`) over `model`'s groups."""
     if cfg.name not in OPTIMIZERS:
         raise one_of("optimizer", cfg.name, OPTIMIZERS)
     groups = param_groups(model)

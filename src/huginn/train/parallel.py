@@ -18,13 +18,16 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast, get_args
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from huginn.errors import HuginnError, one_of
+
+ParallelKind = Literal["ddp", "fsdp"]
+PARALLEL_KINDS: tuple[ParallelKind, ...] = get_args(ParallelKind)
 
 
 @dataclass
@@ -84,7 +87,7 @@ def apply_parallel(module: nn.Module, kind: str, d: Dist, optimizer_name: str) -
             fully_shard(block)
         fully_shard(module)
         return module
-    raise one_of("parallel.kind", kind, ("ddp", "fsdp"))
+    raise one_of("parallel.kind", kind, PARALLEL_KINDS)
 
 
 def no_sync(module: nn.Module, last: bool):
@@ -101,14 +104,6 @@ def all_sum(x: Tensor, d: Dist) -> Tensor:
         x = x.clone()
         dist.all_reduce(x)
     return x
-
-
-def all_max_int(x: int, d: Dist) -> int:
-    if d.world == 1:
-        return x
-    t = torch.tensor([x], dtype=torch.long)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
 
 
 def barrier(d: Dist) -> None:

@@ -1,8 +1,8 @@
 """Training depth: how many core iterations each optimizer step runs, and how many get gradients.
 
 A `DepthSampler` answers `sample(step) -> (no_grad_steps, grad_steps)`. Draws are seeded by the step
-number alone, so every rank, every micro-batch of a step and every resumed run draws the same depth
-(no lockstep communication needed). Schemes:
+number (and the run's seed) alone, so every rank, every micro-batch of a step and every resumed run
+draws the same depth (no lockstep communication needed). Schemes:
 
 * `poisson-lognormal` (Huginn's "poisson-lognormal-filling"): rate ~ LogNormal(mu, 0.5) with
   mu = ln(mean) - sigma^2/2 (so E[rate] = mean), p = Poisson(rate) + 1, grad steps k = min(backprop, p),
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -28,8 +28,8 @@ from huginn.errors import HuginnError, one_of
 
 Scheme = Literal["poisson-lognormal", "fixed"]
 Curriculum = Literal["none", "linear", "1-sqrt"]
-SCHEMES = ("poisson-lognormal", "fixed")
-CURRICULA = ("none", "linear", "1-sqrt")
+SCHEMES: tuple[Scheme, ...] = get_args(Scheme)
+CURRICULA: tuple[Curriculum, ...] = get_args(Curriculum)
 SIGMA = 0.5
 SEED_OFFSET = 514229  # the reference's seed offset for the depth generator (a Fibonacci prime)
 
@@ -82,7 +82,3 @@ class DepthSampler:
             p = int(torch.poisson(rate, generator=g).item()) + 1
         k = min(s, p)
         return p - k, k
-
-    def eval_steps(self) -> int:
-        """The depth to evaluate at by default: the full (un-ramped) mean recurrence."""
-        return self.mean_recurrence
