@@ -10,7 +10,7 @@ import pytest
 # before torch loads, so that subprocesses the tests start (`python -m huginn ...`) inherit it too
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
 # tiny models: one thread is as fast as two, and immune to oversubscription when pytest-xdist runs
 # one worker per core (OpenMP threads that spin-wait on a busy core cost milliseconds per op)

@@ -45,3 +45,16 @@ def test_speculative_stops_at_eos(reference_model, expected):
 def test_speculative_rejects_sampling(reference_model, expected):
     with pytest.raises(HuginnError, match="greedy only"):
         reference_model.generate(expected["input_ids"][:1, :10], max_new_tokens=3, do_sample=True, draft_steps=1)
+
+
+def test_speculative_batch_where_rows_stop_at_different_times_equals_greedy(reference_model, expected):
+    """A row that stopped neither limits how many drafts the others accept nor changes their tokens."""
+    ids, mask = _left_pad(_prompts(expected))
+    kw = dict(max_new_tokens=10, num_steps=4, init_scale=0.0, attention_mask=mask)
+    free = reference_model.generate(ids, **kw)
+    eos = int(free[1, ids.shape[1] + 2])  # row 1 stops after its third token
+    kw["eos_token_id"] = eos
+    greedy = reference_model.generate(ids, return_dict_in_generate=True, **kw)
+    spec = reference_model.generate(ids, draft_steps=1, lookahead_for_draft=3, return_dict_in_generate=True, **kw)
+    assert torch.equal(spec.sequences, greedy.sequences) and torch.equal(spec.compute_steps, greedy.compute_steps)
+    assert (spec.sequences[:, ids.shape[1] :] == eos).any(dim=1).tolist().count(True) >= 1

@@ -1,4 +1,4 @@
-"""`huginn generate` and `huginn chat`: thin commands over `model.generate` (huginn.infer).
+"""`huginn generate` and `huginn chat`: thin commands over `huginn.infer.options.generate_with`.
 
     huginn generate CHECKPOINT "prompt" [--num-steps N] [--exit kl:5e-4] [--cache compress-s16]
                     [--continuous] [--stream] [--draft-steps K] [--tokenizer DIR] ...
@@ -6,7 +6,10 @@
 
 Both print text to stdout only (no files, so nothing partial is left behind) and the compute spent
 (core steps per token) to stderr. The tokenizer comes from the checkpoint folder or `--tokenizer`;
-`chat` needs one with a chat template. Non-goals: serving, batching prompts from files.
+`chat` needs one with a chat template. The flags become `GenerationOptions` once, before anything
+loads (a mistake is one line), and are checked against the model's config once it has loaded
+(`--cache latest` is the reference's latest-mN for the model's own core). Non-goals: serving,
+batching prompts from files.
 """
 
 from __future__ import annotations
@@ -18,16 +21,6 @@ from pathlib import Path
 import click
 
 from huginn.errors import HuginnError
-
-
-def _check(opts: dict) -> None:
-    """Validate the cheap options before loading anything (fail fast, one line)."""
-    from huginn.infer.exits import parse_exit
-    from huginn.infer.kv_cache import CachePolicy
-
-    if opts.get("exit_spec"):
-        parse_exit(opts["exit_spec"])
-    CachePolicy.parse(opts.get("cache"))
 
 
 def _load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
@@ -58,12 +51,11 @@ def _load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
     return model, tokenizer
 
 
-def _gen_kwargs(
+def _parse(
     num_steps,
     exit_spec,
     cache,
     continuous,
-    max_new_tokens,
     temperature,
     top_k,
     top_p,
@@ -71,117 +63,122 @@ def _gen_kwargs(
     repetition_penalty,
     draft_steps,
     lookahead,
-    seed,
     init_scale,
     compile,
     freeze,
-    tokenizer,
-) -> dict:
-    import torch
-    from transformers import GenerationConfig
+    **_,
+):
+    """The flags as `GenerationOptions`, parsed once, before anything loads (fail fast, one line);
+    checked against the model by `generate_with`."""
+    from huginn.infer.options import CacheSpec, ExitRule, GenerationOptions
+    from huginn.infer.sampling import Sampling
+    from huginn.infer.speculative import Speculation
 
-    from huginn.infer.exits import parse_exit
-
-    gc = GenerationConfig(
-        max_new_tokens=max_new_tokens,
+    sampling = Sampling(
         do_sample=temperature > 0,
         temperature=temperature if temperature > 0 else None,
         top_k=top_k or None,
         top_p=top_p,
         min_p=min_p,
         repetition_penalty=repetition_penalty,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        return_dict_in_generate=True,
     )
-    kw: dict = dict(
-        generation_config=gc,
+    return GenerationOptions(
         num_steps=num_steps,
+        exit=ExitRule.parse(exit_spec) if exit_spec else ExitRule(),
+        cache=CacheSpec.parse(cache),
+        sampling=sampling,
+        continuous=continuous,
         init_scale=init_scale,
-        cache_lookup_strategy=cache,
-        continuous_compute=continuous,
-        tokenizer=tokenizer,
+        speculative=Speculation(draft_steps, lookahead) if draft_steps else None,
         compile="frozen" if freeze else compile,
     )
-    if seed is not None:
-        kw["generator"] = torch.Generator().manual_seed(seed)
-    if exit_spec:
-        kw["criterion"], kw["exit_threshold"] = parse_exit(exit_spec)
-    if draft_steps:
-        kw["draft_steps"], kw["lookahead_for_draft"] = draft_steps, lookahead
-    return kw
 
 
-def _options(f):
-    opts = [
-        click.option(
-            "--tokenizer",
-            "tokenizer_dir",
-            type=click.Path(exists=True, file_okay=False),
-            help="Tokenizer folder (default: the checkpoint's).",
-        ),
-        click.option(
-            "--num-steps",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Core steps per token (the maximum, with --exit). Default: the model's mean_recurrence.",
-        ),
-        click.option(
-            "--exit",
-            "exit_spec",
-            default=None,
-            metavar="CRITERION[:THRESHOLD]",
-            help="Adaptive compute: entropy-diff, latent-diff, kl, minp-kl, argmax-stability, cosine; e.g. kl:5e-4.",
-        ),
-        click.option(
-            "--cache",
-            default="latest-m4",
-            show_default=True,
-            help="KV-cache policy, e.g. compress-s16, latest-m4-compress-s16, skip.",
-        ),
-        click.option(
-            "--continuous", is_flag=True, help="Start each token's recurrence from the previous token's final latent."
-        ),
-        click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True),
-        click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = greedy."),
-        click.option("--top-k", type=click.IntRange(min=0), default=0),
-        click.option("--top-p", type=click.FloatRange(0, 1), default=None),
-        click.option("--min-p", type=click.FloatRange(0, 1), default=None),
-        click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=None),
-        click.option(
-            "--draft-steps",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Self-speculative decoding: draft at this depth (greedy).",
-        ),
-        click.option(
-            "--lookahead",
-            type=click.IntRange(min=1),
-            default=4,
-            show_default=True,
-            help="Drafted tokens per speculative round.",
-        ),
-        click.option("--seed", type=int, default=None, help="Seed for sampling."),
-        click.option(
-            "--init-scale",
-            type=click.FloatRange(min=0),
-            default=1.0,
-            show_default=True,
-            help="Initial state noise; 0 = deterministic zero state.",
-        ),
-        click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True),
-        click.option(
-            "--compile",
-            is_flag=True,
-            help="Decode through torch.compile'd graphs (about 2x faster after compiling for 30-70 s; cached on disk for later runs).",
-        ),
-        click.option(
-            "--freeze",
-            is_flag=True,
-            help="Compiled decoding with the weights compiled in as constants: fastest for --dtype bfloat16 on CPUs with AMX (implies --compile; compiling takes 1-2 min).",
-        ),
-    ]
-    for opt in reversed(opts):
+def _generate(model, tok, ids, options, max_new_tokens: int, seed: int | None, streamer=None):
+    import torch
+
+    from huginn.infer.generate import Stopping
+    from huginn.infer.options import generate_with
+
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    stopping = Stopping(max_new_tokens, () if eos is None else (eos,), None, 0 if pad is None else pad)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return generate_with(model, ids, options, stopping, streamer=streamer, generator=generator)
+
+
+FLAGS = [
+    click.option(
+        "--tokenizer",
+        "tokenizer_dir",
+        type=click.Path(exists=True, file_okay=False),
+        help="Tokenizer folder (default: the checkpoint's).",
+    ),
+    click.option(
+        "--num-steps",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Core steps per token (the maximum, with --exit). Default: the model's mean_recurrence.",
+    ),
+    click.option(
+        "--exit",
+        "exit_spec",
+        default=None,
+        metavar="CRITERION[:THRESHOLD]",
+        help="Adaptive compute: entropy-diff, latent-diff, kl, minp-kl, argmax-stability, cosine; e.g. kl:5e-4.",
+    ),
+    click.option(
+        "--cache",
+        default="latest",
+        show_default=True,
+        help="KV-cache policy, e.g. compress-s16, latest-compress-s16, skip; 'latest' is the reference's "
+        "latest-mN for the model's N-layer core (an explicit N must match it).",
+    ),
+    click.option(
+        "--continuous", is_flag=True, help="Start each token's recurrence from the previous token's final latent."
+    ),
+    click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True),
+    click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = greedy."),
+    click.option("--top-k", type=click.IntRange(min=0), default=0),
+    click.option("--top-p", type=click.FloatRange(0, 1), default=None),
+    click.option("--min-p", type=click.FloatRange(0, 1), default=None),
+    click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=None),
+    click.option(
+        "--draft-steps",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Self-speculative decoding: draft at this depth (greedy).",
+    ),
+    click.option(
+        "--lookahead",
+        type=click.IntRange(min=1),
+        default=4,
+        show_default=True,
+        help="Drafted tokens per speculative round.",
+    ),
+    click.option("--seed", type=int, default=None, help="Seed for sampling."),
+    click.option(
+        "--init-scale",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Initial state noise; 0 = deterministic zero state. Default: the model's state_init_scale (1.0, as published).",
+    ),
+    click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True),
+    click.option(
+        "--compile",
+        is_flag=True,
+        help="Decode through torch.compile'd graphs (about 2x faster after compiling for 30-70 s; cached on disk for later runs).",
+    ),
+    click.option(
+        "--freeze",
+        is_flag=True,
+        help="Compiled decoding with the weights compiled in as constants: fastest for --dtype bfloat16 on CPUs with AMX (implies --compile; compiling takes 1-2 min).",
+    ),
+]
+
+
+def _flags(f):
+    for opt in reversed(FLAGS):
         f = opt(f)
     return f
 
@@ -192,8 +189,8 @@ def _report(out, n_new: int, seconds: float) -> None:
     msg = f"[{n_new} tokens in {seconds:.2f}s, {n_new / max(seconds, 1e-9):.1f} tok/s"
     if steps.numel():
         msg += f"; core steps/token mean {steps.float().mean():.1f} (min {int(steps.min())}, max {int(steps.max())})"
-    if getattr(out, "acceptance_rate", None) is not None:
-        msg += f"; draft acceptance {out.acceptance_rate:.0%}"
+    if "acceptance_rate" in out.extras:
+        msg += f"; draft acceptance {out.extras['acceptance_rate']:.0%}"
     click.echo(msg + "]", err=True)
 
 
@@ -225,22 +222,21 @@ class _Streamer:
 @click.argument("checkpoint")
 @click.argument("prompt")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
-@_options
+@_flags
 def generate(checkpoint, prompt, stream, tokenizer_dir, dtype, **opts):
     """Generate a continuation of PROMPT with the checkpoint in CHECKPOINT."""
     import torch
 
-    _check(opts)
+    options = _parse(**opts)
     model, tok = _load(checkpoint, tokenizer_dir, dtype)
     ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.long)
     if ids.shape[1] == 0:
         raise HuginnError("the prompt is empty after tokenization; pass some text")
-    kw = _gen_kwargs(tokenizer=tok, **opts)
     if stream:
         click.echo(prompt, nl=False)
-        kw["streamer"] = _Streamer(tok)
     t0 = time.perf_counter()
-    out = model.generate(ids, **kw)
+    streamer = _Streamer(tok) if stream else None
+    out = _generate(model, tok, ids, options, opts["max_new_tokens"], opts["seed"], streamer)
     dt = time.perf_counter() - t0
     n_new = out.sequences.shape[1] - ids.shape[1]
     if not stream:
@@ -251,12 +247,12 @@ def generate(checkpoint, prompt, stream, tokenizer_dir, dtype, **opts):
 @click.command()
 @click.argument("checkpoint")
 @click.option("--system", default=None, help="System prompt.")
-@_options
+@_flags
 def chat(checkpoint, system, tokenizer_dir, dtype, **opts):
     """Chat with the checkpoint in CHECKPOINT through its chat template (Ctrl-D or /exit to leave)."""
     import torch
 
-    _check(opts)
+    options = _parse(**opts)
     model, tok = _load(checkpoint, tokenizer_dir, dtype)
     if not getattr(tok, "chat_template", None):
         raise HuginnError(
@@ -279,10 +275,8 @@ def chat(checkpoint, system, tokenizer_dir, dtype, **opts):
             raise HuginnError(
                 f"the conversation ({ids.shape[1]} tokens) no longer fits the block size {model.model_config.block_size}; start a new chat"
             )
-        kw = _gen_kwargs(tokenizer=tok, **opts)
-        kw["streamer"] = _Streamer(tok)
         t0 = time.perf_counter()
-        out = model.generate(ids, **kw)
+        out = _generate(model, tok, ids, options, opts["max_new_tokens"], opts["seed"], _Streamer(tok))
         dt = time.perf_counter() - t0
         reply = tok.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True)
         messages.append({"role": "assistant", "content": reply})

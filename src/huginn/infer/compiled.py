@@ -85,12 +85,12 @@ class TokenKV:
 
 def _blocks_call(blocks: nn.ModuleList, x: Tensor, rope: Tensor, kvs: list[SlotKV]) -> Tensor:
     for block, kv in zip(blocks, kvs):
-        x = block(x, AttentionContext(rope, None, False, kv), 0)
+        x = block(x, AttentionContext(rope, None, False, kv, written_out=True), 0)
     return x
 
 
 def _token_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, num_steps: int) -> tuple[Tensor, Tensor]:
-    ctx = AttentionContext(rope, None, False, kv)
+    ctx = AttentionContext(rope, None, False, kv, written_out=True)
     e = model.embed(ids, ctx)
     state = model.recur(state, e, ctx, Schedule.plain(num_steps)).state  # the plain path: one traced loop
     return model.predict(state, ctx, last_only=True)

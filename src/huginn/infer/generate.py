@@ -1,20 +1,29 @@
-"""Generation for recurrent-depth models as small functions: `run_tokens` (one forward through the
-recurrence, with optional per-row early exit), `prefill`, `decode_one_token` and the `generate` loop.
+"""Generation for recurrent-depth models as small functions, in gpt-fast's shape:
+
+    start -> prefill -> (next_token -> Output.push -> decode_one_token)* -> Output.result
+
+`start` checks the prompt and sizes the cache, `prefill` runs the whole prompt as one token,
+`decode_one_token` one new token, `Output.push` is the stop step (padding finished rows, streaming,
+eos and stop strings). Self-speculative decoding (`huginn.infer.speculative`) shares all but the
+middle. Every forward is `run_tokens`: prelude, the recurrence (`model.recur`, the one loop)
+and coda, with the cache.
 
 Depth per token is a `Depth`: a fixed `num_steps`, or at most `num_steps` with an exit criterion
 (`huginn.infer.exits`) checked after every `check_every`-th step once `min_steps` unchecked steps
-have run (the published semantics: with min_steps=0 the first check follows step 1). The prefill
-counts as one token: the whole prompt iterates together and exits together (latent criteria
-average over its real positions, logit criteria look at its last position). In a batch each row
-exits on its own: its state freezes, the cache stops taking its writes (`active_rows`), and it ends
-up with exactly the tokens, step counts and KV entries it gets alone. With `continuous=True` each
-token's recurrence starts from the previous token's final latent (ln_f of its state), as the
-published `continuous_compute`.
+have run (the published semantics: with min_steps=0 the first check follows step 1). The exits are
+the recurrence's hook (`ExitHook`). The prefill counts as one token: the whole prompt iterates
+together and exits together (latent criteria average over its real positions, logit criteria look
+at its last position), unless `exit_in_prefill=False` (the published `do_not_exit_in_prefill`):
+then the prompt runs all `num_steps`. In a batch each row exits on its own: its state freezes, the
+cache stops taking its writes (`active_rows`), and it ends up with exactly the tokens, step counts
+and KV entries it gets alone. With `continuous=True` each token's recurrence starts from the
+previous token's final latent (ln_f of its state), as the published `continuous_compute`.
+`init_scale=None` (the default everywhere) is the model's `state_init_scale` (1.0, as published).
 
 Stopping: `max_new_tokens`, eos ids, and stop strings (with a tokenizer). Finished rows receive
 `pad_token_id`. Left-padded batches need `attention_mask`; positions then count from each row's
-first real token. Non-goals: beam search, transformers' logits processors, speculative decoding
-(`huginn.infer.speculative`).
+first real token. Non-goals: beam search, transformers' logits processors, parsing options
+(`huginn.infer.options`).
 """
 
 from __future__ import annotations
@@ -27,11 +36,19 @@ import torch
 from torch import Tensor
 
 from huginn.errors import HuginnError
-from huginn.infer.compiled import CompiledRunner, can_compile, decode_layout, decode_token, frozen_graph
+from huginn.infer.compiled import (
+    CompiledRunner,
+    FrozenGraph,
+    can_compile,
+    decode_layout,
+    decode_token,
+    frozen_graph,
+)
 from huginn.infer.exits import ExitCriterion
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
 from huginn.infer.sampling import Sampling, next_token
 from huginn.model.layers import AttentionContext
+from huginn.model.recurrence import Schedule
 from huginn.model.recurrent import check_init_scale, check_token_inputs
 
 
@@ -44,7 +61,8 @@ class Depth:
     min_steps: int = 0  # steps run before the first check
     check_every: int = 1
     continuous: bool = False
-    init_scale: float | None = None  # None: the model's default; 0: a zero initial state
+    init_scale: float | None = None  # None: the model's state_init_scale; 0: a zero initial state
+    exit_in_prefill: bool = True  # False: the prompt runs num_steps, exits start with the first new token
 
     def __post_init__(self) -> None:
         for name in ("num_steps", "check_every"):
@@ -54,6 +72,10 @@ class Depth:
         if not isinstance(self.min_steps, int) or isinstance(self.min_steps, bool) or self.min_steps < 0:
             raise HuginnError(f"min_steps must be an integer >= 0, got {self.min_steps!r}")
         check_init_scale(self.init_scale)
+
+    def due(self, step: int) -> bool:
+        """Whether the criterion is checked after `step` (1-based) steps."""
+        return step > self.min_steps and (step - 1 - self.min_steps) % self.check_every == 0
 
 
 @dataclass
@@ -66,7 +88,7 @@ class Stopping:
 
 @dataclass
 class TokenResult:
-    logits: Tensor  # (B, V) fp32, last position ((B, S, V) with all_logits)
+    logits: Tensor  # (B, V) fp32 of the last position
     latents: Tensor  # (B, 1, d) ln_f of the last position's final state
     steps: Tensor  # (B,) long: core steps computed
 
@@ -74,18 +96,12 @@ class TokenResult:
 @dataclass
 class Generation:
     sequences: Tensor  # (B, prompt + new)
-    compute_steps: (
-        Tensor  # (B, new) core steps spent on each new token (the first is the prefill's); 0 after a row stopped
-    )
+    compute_steps: Tensor  # (B, new) core steps per new token (the first is the prefill's); 0 once a row stopped
     cache: HuginnStaticCache
     extras: dict = field(default_factory=dict)
 
 
-def predict_last(model, state: Tensor, ctx: AttentionContext, all_positions: bool = False) -> tuple[Tensor, Tensor]:
-    """(logits (B, V), latents (B, 1, d)) of the last position (or (B, S, V) logits of every
-    position); the coda runs over every new position so that its KV entries exist for later tokens."""
-    logits, latents = model.predict(state, ctx, last_only=not all_positions)
-    return logits, latents[:, -1:]
+# --- one forward ------------------------------------------------------------------------------
 
 
 def run_tokens(
@@ -97,81 +113,167 @@ def run_tokens(
     input_states: Tensor | None = None,
     active: Tensor | None = None,
     generator: torch.Generator | None = None,
-    all_logits: bool = False,
-    compiled: bool = False,
-    graph=None,
+    compiled: bool | FrozenGraph = False,
 ) -> TokenResult:
     """One forward of `ids` (B, S) through prelude, recurrence (fixed or adaptive) and coda, with the cache.
     `attention_mask` (B, past + S) is needed only when some rows are padded; `active` (B,) marks rows
     still generating (the others are frozen from the start). `compiled`: run a single-token forward
     through `huginn.infer.compiled` where it can (no frozen rows, no `skip` lookup): at fixed depth
-    the whole token is one graph (its initial state is drawn first, from the same generator), or
-    `graph` (a `FrozenGraph`) where given."""
+    the whole token is one graph (a `FrozenGraph` where given)."""
     B, S = ids.shape
-    crit, n = depth.criterion, depth.num_steps
+    adaptive = depth.criterion is not None
     ctx = model.context(B, S, attention_mask, None, cache)
-    if compiled and can_compile(cache, S, freezes_rows=active is not None or (crit is not None and B > 1)):
-        if crit is None and not all_logits:  # the whole token is one graph
-            dtype = model.transformer.wte.weight.dtype
-            if (
-                input_states is None
-            ):  # drawn before the graph, as eager draws it (after the prelude, which draws nothing)
-                like = torch.empty(B, S, model.model_config.n_embd, dtype=dtype, device=ids.device)
-                state = model.initialize_state(like, depth.init_scale, generator)
-            else:
-                state = input_states.to(dtype)
-            logits, latents = decode_token(model, ids, cache, n, ctx.rope, state, attention_mask, graph)
-            return TokenResult(logits, latents, torch.full((B,), n, dtype=torch.long, device=ids.device))
+    if compiled is not False and can_compile(cache, S, freezes_rows=active is not None or (adaptive and B > 1)):
+        if not adaptive:  # the whole token is one graph
+            graph = compiled if isinstance(compiled, FrozenGraph) else None
+            return _compiled_token(model, ids, cache, depth, ctx, attention_mask, input_states, generator, graph)
         ctx = replace(ctx, runner=CompiledRunner(cache, attention_mask))
     e = model.embed(ids, ctx)
     state = model.initialize_state(e, depth.init_scale, generator) if input_states is None else input_states.to(e.dtype)
-    if crit is None or all_logits:  # (speculative verification runs at fixed depth)
-        for step in range(n):
-            state = model.core_step(state, e, ctx, step)
-        logits, latents = predict_last(model, state, ctx, all_logits)
-        return TokenResult(logits, latents, torch.full((B,), n, dtype=torch.long, device=ids.device))
-
+    if not adaptive:
+        state = model.recur(state, e, ctx, Schedule.plain(depth.num_steps)).state
+        logits, latents = model.predict(state, ctx, last_only=True)
+        return TokenResult(logits, latents, _full_steps(B, depth.num_steps, ids.device))
     seq_mask = attention_mask[:, -S:].bool() if attention_mask is not None and S > 1 else None
-    batched = B > 1
     running = torch.ones(B, dtype=torch.bool, device=ids.device) if active is None else active.clone()
-    steps = torch.full((B,), n, dtype=torch.long, device=ids.device)
-    out_logits = torch.zeros(B, model.lm_head.out_features, device=ids.device)
-    out_latents = torch.zeros(B, 1, e.shape[-1], dtype=e.dtype, device=ids.device)
-    have = ~running  # rows whose output is settled (frozen rows keep zeros; they are never used)
-    if batched:
-        cache.active_rows = running.clone()
-    crit.reset(state, seq_mask)
+    hook = ExitHook(model, ctx, cache, depth, running, state, seq_mask)
     try:
-        for step in range(n):
-            new = model.core_step(state, e, ctx, step)
-            state = torch.where(running[:, None, None], new, state) if batched else new
-            if step < depth.min_steps or (step - depth.min_steps) % depth.check_every:
-                continue
-            step_logits: Tensor | None = None
-            step_latents: Tensor | None = None
-            if crit.uses_logits:
-                step_logits, step_latents = predict_last(model, state, ctx)
-            exits = crit.check(state, step_logits, seq_mask) & running
-            if bool(exits.any()):
-                steps = torch.where(exits, step + 1, steps)
-                if step_logits is not None and step_latents is not None:
-                    out_logits[exits], out_latents[exits] = step_logits[exits], step_latents[exits]
-                    have = have | exits
-                running = running & ~exits
-                if not bool(running.any()):
-                    break
-                if batched:
-                    cache.active_rows = running.clone()
-        need = ~have
-        if bool(need.any()):
-            if batched:
-                cache.active_rows = need
-            logits, latents = predict_last(model, state, ctx)
-            out_logits[need], out_latents[need] = logits[need], latents[need]
+        state = model.recur(state, e, ctx, Schedule.plain(depth.num_steps), hook=hook).state
+        result = hook.result(state)
     finally:
-        cache.active_rows = None
+        cache.set_active_rows(None)
     cache.finish()
-    return TokenResult(out_logits, out_latents, steps)
+    return result
+
+
+def _full_steps(batch: int, num_steps: int, device: torch.device) -> Tensor:
+    return torch.full((batch,), num_steps, dtype=torch.long, device=device)
+
+
+def _compiled_token(
+    model, ids: Tensor, cache, depth: Depth, ctx: AttentionContext, attention_mask, input_states, generator, graph
+) -> TokenResult:
+    """One token at fixed depth as one compiled graph; its initial state is drawn first, from the
+    same generator, as eager draws it (after the prelude, which draws nothing)."""
+    B, S = ids.shape
+    dtype = model.transformer.wte.weight.dtype
+    if input_states is None:
+        like = torch.empty(B, S, model.model_config.n_embd, dtype=dtype, device=ids.device)
+        state = model.initialize_state(like, depth.init_scale, generator)
+    else:
+        state = input_states.to(dtype)
+    logits, latents = decode_token(model, ids, cache, depth.num_steps, ctx.rope, state, attention_mask, graph)
+    return TokenResult(logits, latents, _full_steps(B, depth.num_steps, ids.device))
+
+
+class ExitHook:
+    """The adaptive recurrence's hook (`recur(..., hook=)`): keeps the state of rows that exited
+    (and, through the cache's `active_rows`, their KV entries), checks the criterion when it is due,
+    keeps an exiting row's logits when the criterion computed them, and stops the recurrence when
+    no row runs. Rows frozen from the start (`running` False) keep zero outputs: they are never used."""
+
+    def __init__(self, model, ctx, cache, depth: Depth, running: Tensor, state: Tensor, seq_mask: Tensor | None):
+        assert depth.criterion is not None
+        self.model, self.ctx, self.cache, self.depth, self.seq_mask = model, ctx, cache, depth, seq_mask
+        self.criterion: ExitCriterion = depth.criterion
+        B, dev = running.shape[0], running.device
+        self.batched, self.running = B > 1, running
+        self.steps = _full_steps(B, depth.num_steps, dev)
+        self.logits = torch.zeros(B, model.lm_head.out_features, device=dev)
+        self.latents = torch.zeros(B, 1, state.shape[-1], dtype=state.dtype, device=dev)
+        self.have = ~running  # rows whose outputs are settled
+        if self.batched:
+            cache.set_active_rows(running.clone())
+        self.criterion.reset(state, seq_mask)
+
+    def __call__(self, step: int, state: Tensor, previous: Tensor) -> tuple[Tensor, bool]:
+        if self.batched:
+            state = torch.where(self.running[:, None, None], state, previous)
+        if not self.depth.due(step):
+            return state, False
+        logits = latents = None
+        if self.criterion.uses_logits:
+            logits, latents = self.model.predict(state, self.ctx, last_only=True)
+        exits = self.criterion.check(state, logits, self.seq_mask) & self.running
+        if bool(exits.any()):
+            self.steps = torch.where(exits, step, self.steps)
+            if logits is not None and latents is not None:
+                self.logits[exits], self.latents[exits] = logits[exits], latents[exits]
+                self.have = self.have | exits
+            self.running = self.running & ~exits
+            if not bool(self.running.any()):
+                return state, True
+            if self.batched:
+                self.cache.set_active_rows(self.running.clone())
+        return state, False
+
+    def result(self, state: Tensor) -> TokenResult:
+        """The outputs, predicting for the rows whose exit (or last step) computed no logits."""
+        need = ~self.have
+        if bool(need.any()):
+            if self.batched:
+                self.cache.set_active_rows(need)
+            logits, latents = self.model.predict(state, self.ctx, last_only=True)
+            self.logits[need], self.latents[need] = logits[need], latents[need]
+        return TokenResult(self.logits, self.latents, self.steps)
+
+
+# --- the generation skeleton --------------------------------------------------------------------
+
+
+def start(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    stopping: Stopping,
+    num_steps: int,
+    policy: CachePolicy | None = None,
+    cache: HuginnStaticCache | None = None,
+    lookahead: int = 0,
+) -> tuple[Tensor | None, HuginnStaticCache]:
+    """Check the prompt once; (its mask, None without padding; the cache to decode into): `cache`,
+    which must be empty, or a new one sized for prompt + max_new_tokens + `lookahead` drafts."""
+    check_token_inputs(input_ids, attention_mask, model.model_config.vocab_size)
+    B, T = input_ids.shape
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise HuginnError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}; "
+            "pass the tokenizer's mask for the same prompts"
+        )
+    check_length(model, T, stopping.max_new_tokens)
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None  # no padding: the unmasked fast path
+    if cache is None:
+        return attention_mask, HuginnStaticCache.for_model(
+            model, B, num_steps, T + stopping.max_new_tokens + lookahead, policy
+        )
+    check_cache(cache, B, policy)
+    return attention_mask, cache
+
+
+def prefill(
+    model, input_ids: Tensor, cache: HuginnStaticCache, depth: Depth, mask: Tensor | None, generator=None
+) -> TokenResult:
+    """The prompt's forward, as one token (at full depth when `depth.exit_in_prefill` is off)."""
+    if not depth.exit_in_prefill:
+        depth = replace(depth, criterion=None)
+    return run_tokens(model, input_ids, cache, depth, mask, generator=generator)
+
+
+def decode_one_token(
+    model,
+    tok: Tensor,
+    cache: HuginnStaticCache,
+    depth: Depth,
+    out: Output,
+    last: TokenResult,
+    generator=None,
+    compiled: bool | FrozenGraph = False,
+) -> TokenResult:
+    """The forward of the tokens `tok` (B,) just pushed to `out` (`last`: the previous token's result)."""
+    states = last.latents if depth.continuous else None
+    active = out.running if depth.criterion is not None and tok.shape[0] > 1 else None
+    return run_tokens(model, tok[:, None], cache, depth, out.mask, states, active, generator, compiled)
 
 
 @torch.no_grad()  # decoding never needs gradients (and huginn's decoding kernel has none)
@@ -194,79 +296,55 @@ def generate(
     (`FrozenGraph`: fastest for bf16 on CPUs with AMX; rebuilt when the weights change)."""
     if compile not in (False, True, "frozen"):
         raise HuginnError(f"compile={compile!r} is not a decoding mode; use False, True or 'frozen'")
-    check_token_inputs(input_ids, attention_mask, model.model_config.vocab_size)  # the prompt, once
-    B, T = input_ids.shape
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise HuginnError(
-            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}; "
-            "pass the tokenizer's mask for the same prompts"
-        )
-    check_length(model, T, stopping.max_new_tokens)
-    if attention_mask is not None and bool(attention_mask.all()):
-        attention_mask = None  # no padding: the unmasked fast path
-    if cache is None:
-        cache = HuginnStaticCache.for_model(model, B, depth.num_steps, T + stopping.max_new_tokens, policy)
-    seqs = input_ids
-    mask = attention_mask
-    if streamer is not None:
-        streamer.put(input_ids.cpu())
-    res = run_tokens(model, input_ids, cache, depth, mask, None, None, generator)
-    graph = frozen_graph(model) if compile == "frozen" else None
+    mask, cache = start(model, input_ids, attention_mask, stopping, depth.num_steps, policy, cache)
+    out = Output(input_ids, mask, stopping, streamer)
+    res = prefill(model, input_ids, cache, depth, mask, generator)
+    compiled = frozen_graph(model) if compile == "frozen" else bool(compile)
     # a frozen graph holds its own packed weights, so the column-major layout is for `compile=True` only
     with decode_layout(model) if compile is True else nullcontext():
-        seqs, all_steps = _decode(
-            model, res, seqs, mask, cache, depth, stopping, sampling, streamer, generator, bool(compile), graph
-        )
-    if streamer is not None:
-        streamer.end()
-    cache.finish()
-    return Generation(seqs, torch.stack(all_steps, dim=1), cache)
+        while out.push(next_token(res.logits, out.sequences, sampling, generator, out.seen_mask), res.steps):
+            res = decode_one_token(model, out.last, cache, depth, out, res, generator, compiled)
+    return out.result(cache)
 
 
-def _decode(
-    model,
-    res: TokenResult,
-    seqs: Tensor,
-    mask: Tensor | None,
-    cache: HuginnStaticCache,
-    depth: Depth,
-    stopping: Stopping,
-    sampling: Sampling,
-    streamer,
-    generator,
-    compile: bool,
-    graph=None,
-) -> tuple[Tensor, list[Tensor]]:
-    """The token-by-token loop of `generate` from the prefill's result: (sequences, steps per token)."""
-    B = seqs.shape[0]
-    unfinished = torch.ones(B, dtype=torch.bool, device=seqs.device)
-    all_steps: list[Tensor] = []
-    for i in range(stopping.max_new_tokens):
-        all_steps.append(torch.where(unfinished, res.steps, 0))
-        tok = next_token(res.logits, seqs, sampling, generator, mask.bool() if mask is not None else None)
-        tok = torch.where(unfinished, tok, stopping.pad_token_id)
-        seqs = torch.cat([seqs, tok[:, None]], dim=1)
-        if mask is not None:
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+class Output:
+    """The stop step every decoder shares: appends one token per row (rows that stopped get
+    `pad_token_id` and 0 steps), streams it, and tracks which rows still run."""
+
+    def __init__(self, input_ids: Tensor, mask: Tensor | None, stopping: Stopping, streamer=None):
+        self.sequences, self.mask, self.stopping, self.streamer = input_ids, mask, stopping, streamer
+        self.running = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        self.steps: list[Tensor] = []
         if streamer is not None:
-            streamer.put(tok.cpu())
-        unfinished = unfinished & ~is_stop(tok, seqs, stopping)
-        if i == stopping.max_new_tokens - 1 or not bool(unfinished.any()):
-            break
-        states = res.latents if depth.continuous else None
-        res = run_tokens(
-            model,
-            tok[:, None],
-            cache,
-            depth,
-            mask,
-            states,
-            unfinished if depth.criterion and B > 1 else None,
-            generator,
-            compiled=compile,
-            graph=graph,
-        )
-    return seqs, all_steps
+            streamer.put(input_ids.cpu())
+
+    @property
+    def seen_mask(self) -> Tensor | None:
+        """(B, T) real (unpadded) positions of `sequences`, for the repetition penalty."""
+        return self.mask.bool() if self.mask is not None else None
+
+    @property
+    def last(self) -> Tensor:
+        return self.sequences[:, -1]
+
+    def push(self, tok: Tensor, steps: Tensor) -> bool:
+        """Append `tok` (B,), computed with `steps` (B,); False once every row stopped or
+        max_new_tokens are in."""
+        self.steps.append(torch.where(self.running, steps, 0))
+        tok = torch.where(self.running, tok, self.stopping.pad_token_id)
+        self.sequences = torch.cat([self.sequences, tok[:, None]], dim=1)
+        if self.mask is not None:
+            self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        if self.streamer is not None:
+            self.streamer.put(tok.cpu())
+        self.running = self.running & ~is_stop(tok, self.sequences, self.stopping)
+        return len(self.steps) < self.stopping.max_new_tokens and bool(self.running.any())
+
+    def result(self, cache: HuginnStaticCache, **extras) -> Generation:
+        if self.streamer is not None:
+            self.streamer.end()
+        cache.finish()
+        return Generation(self.sequences, torch.stack(self.steps, dim=1), cache, extras)
 
 
 def is_stop(tok: Tensor, seqs: Tensor, stopping: Stopping) -> Tensor:
@@ -276,6 +354,22 @@ def is_stop(tok: Tensor, seqs: Tensor, stopping: Stopping) -> Tensor:
     if stopping.stop_strings is not None:
         stop |= stopping.stop_strings(seqs, None).to(stop.device)
     return stop
+
+
+def check_cache(cache: object, batch: int, policy: CachePolicy | None = None) -> None:
+    """A cache passed in is an empty `HuginnStaticCache` for `batch` rows (continuing from a filled
+    cache is not supported), and `policy`, if given too, is its own."""
+    if not isinstance(cache, HuginnStaticCache):
+        raise HuginnError(
+            f"generation decodes into a HuginnStaticCache, got {type(cache).__name__}; pass none (one is made)"
+        )
+    if cache.get_seq_length() != 0 or cache.rows != batch:
+        raise HuginnError(
+            f"a cache passed to generate must be empty and for {batch} rows, got one with {cache.get_seq_length()} "
+            f"tokens and {cache.rows} rows; continuing from a filled cache is not supported: pass none or reset() it"
+        )
+    if policy is not None and policy != cache.policy:
+        raise HuginnError(f"the cache's policy {cache.policy} is not the policy {policy} asked for; pass one of them")
 
 
 def check_length(model, prompt_len: int, max_new_tokens: int) -> None:

@@ -41,8 +41,12 @@ class AttentionContext:
     mask: Tensor | None  # (B or 1, 1, S, S_kv) bool, True = attend; None: see is_causal
     is_causal: bool  # with mask None: causal (S == S_kv) or full (S == 1)
     cache: KVCache | None = None
-    # runs a group of blocks instead of `run_blocks` (compiled decoding: `huginn.infer.compiled`)
+    # how a group of blocks runs (None: one after another, `run_blocks`); a caller may run a group
+    # as one compiled call instead: the model does not know who does
     runner: Callable[[nn.ModuleList, Tensor, AttentionContext, list[int]], Tensor] | None = None
+    # single-query attention written out as matmuls (`single_query_attention`) instead of SDPA:
+    # cheaper inside a fused graph, slower in eager mode
+    written_out: bool = False
 
 
 def run_blocks(blocks: nn.ModuleList, x: Tensor, ctx: AttentionContext, slots: list[int]) -> Tensor:
@@ -181,7 +185,7 @@ class Attention(nn.Module):
                 mask = base & valid[:, None, None, :]
         if mask is not None:
             is_causal = False
-        if S == 1 and torch.compiler.is_compiling():
+        if S == 1 and ctx.written_out:
             y = single_query_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(
