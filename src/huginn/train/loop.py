@@ -31,7 +31,7 @@ from huginn.train.config import JobConfig, dump_config, validate
 from huginn.train.data import BuiltinSource, ChatSource, Layout, PackedSource
 from huginn.train.forward import TrainForward, blocks
 from huginn.train.metrics import Metrics
-from huginn.train.optim import build_optimizer, lr_factor, set_lr
+from huginn.train.optim import Optimizers, build_optimizer, lr_factor, set_lr
 from huginn.train.parallel import Dist, all_sum, apply_parallel, barrier, init_distributed, no_sync, shutdown
 from huginn.train.steps import DepthSampler
 
@@ -258,7 +258,48 @@ def train(cfg: JobConfig, run: str | Path) -> RunResult:
         shutdown(d)
 
 
+@dataclass
+class Job:
+    """What a run trains with, built before the run folder is touched."""
+
+    model: RecurrentLM
+    data: BuiltinSource | PackedSource | ChatSource
+    sampler: DepthSampler
+    fwd: nn.Module  # the training forward, wrapped for DDP / FSDP2
+    opt: Optimizers
+    layout: Layout
+    resuming: bool
+
+
 def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
+    job = _build(cfg, run, d)
+    start = _resume_or_start(cfg, run, d, job)
+    metrics = Metrics(run, d.is_main, start, cfg.train.max_steps, cfg.log)
+    result = RunResult(run=run, step=start)
+    t = cfg.train
+    stop = min(t.max_steps, start + t.stop_after) if t.stop_after else t.max_steps
+    for step in range(start, stop):
+        loss, lr, (n, k), grad_norm, tokens = _train_step(cfg, run, d, job, step)
+        result.losses.append(loss)
+        metrics.count(tokens, tokens * train_flops_per_token(job.model.model_config, n, k))
+        last = step + 1 == stop
+        metrics.log_step(step + 1, loss, lr, n, k, grad_norm, log=(step + 1) % cfg.log.every == 0 or last)
+        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < t.max_steps:
+            _log_eval(cfg, d, job, metrics, step + 1)
+        if cfg.checkpoint.save_every and (step + 1) % cfg.checkpoint.save_every == 0 and not last:
+            _save(cfg, run, d, job, step + 1)
+    result.step = stop
+    if stop > start:
+        _save(cfg, run, d, job, stop)
+    metrics.close()
+    if stop == t.max_steps and cfg.eval.scaling:
+        _scaling_report(cfg, run, d, job, metrics, result)
+    return result
+
+
+def _build(cfg: JobConfig, run: Path, d: Dist) -> Job:
+    """Model, data, depth sampler, training forward and optimizer. Everything that can fail on
+    bad input runs here, before the run folder is touched."""
     t = cfg.train
     micro = t.micro_batch_size or max(1, t.batch_size // d.world)
     if t.batch_size % (micro * d.world):
@@ -266,8 +307,6 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
             f"train.batch_size {t.batch_size} is not a multiple of micro_batch_size {micro} x {d.world} processes"
         )
     layout = Layout(t.batch_size, micro, d.rank, d.world)
-
-    # model, data, optimizer: everything that can fail on bad input runs before RUN is touched
     torch.manual_seed(t.seed)  # identical init on every rank (FSDP2 does not broadcast)
     model = build_model(cfg)
     mc = model.model_config
@@ -288,88 +327,78 @@ def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
     fwd = apply_parallel(
         TrainForward(model, t.loss_chunk, t.activation_checkpointing, t.seed), cfg.parallel.kind, d, cfg.optim.name
     )
-    opt = build_optimizer(model, cfg.optim)
+    return Job(model, data, sampler, fwd, build_optimizer(model, cfg.optim), layout, resuming)
 
+
+def _resume_or_start(cfg: JobConfig, run: Path, d: Dist, job: Job) -> int:
+    """The step to start from: the latest checkpoint's (model, optimizer, data position and RNG
+    restored), or 0 with the run's files written."""
     start = 0
-    if resuming and (ckpt := checkpoint.latest(run)) is not None:
-        trainer = checkpoint.load(ckpt, model, opt.optimizers, d)
+    if job.resuming and (ckpt := checkpoint.latest(run)) is not None:
+        trainer = checkpoint.load(ckpt, job.model, job.opt.optimizers, d)
         start = trainer["step"]
-        data.load_state_dict(trainer["data"])
+        job.data.load_state_dict(trainer["data"])
         torch.set_rng_state(trainer["rng_cpu"])
     elif d.is_main:
-        checkpoint.write_run_files(run, dump_config(cfg), mc.to_dict())
+        checkpoint.write_run_files(run, dump_config(cfg), job.model.model_config.to_dict())
     barrier(d)
-    metrics = Metrics(run, d.is_main, start, t.max_steps, cfg.log)
-    result = RunResult(run=run, step=start)
+    return start
 
-    def save(step: int) -> None:
-        trainer = {"step": step, "data": data.state_dict(), "rng_cpu": torch.get_rng_state()}
-        checkpoint.save(run, step, model, opt.optimizers, trainer, d, cfg.checkpoint.keep)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    stop = min(t.max_steps, start + t.stop_after) if t.stop_after else t.max_steps
-    step = start
-    for step in range(start, stop):
-        lr = set_lr(
-            opt,
-            lr_factor(
-                step, t.max_steps, cfg.schedule.kind, cfg.schedule.warmup, cfg.schedule.decay, cfg.schedule.min_lr_ratio
-            ),
+def _train_step(
+    cfg: JobConfig, run: Path, d: Dist, job: Job, step: int
+) -> tuple[float, float, tuple[int, int], float, int]:
+    """One optimizer step: (loss, lr, (no_grad, grad) steps, grad norm, tokens in the global batch)."""
+    s = cfg.schedule
+    lr = set_lr(job.opt, lr_factor(step, cfg.train.max_steps, s.kind, s.warmup, s.decay, s.min_lr_ratio))
+    n, k = job.sampler.sample(step)  # the same on every rank: seeded by the step
+    # micro-batches; every micro-loss is divided by the step's global token count
+    batches = [job.data.batch(step, i) for i in range(job.layout.accum)]
+    tokens = all_sum(torch.tensor(float(sum(int((y != -100).sum()) for _, y, _ in batches))), d)
+    denom = (tokens / d.world).to(d.device)  # DDP / FSDP average over ranks; this undoes it
+    step_loss = torch.zeros((), device=d.device)
+    for i, (inputs, labels, ids) in enumerate(batches):
+        with no_sync(job.fwd, last=i == job.layout.accum - 1), autocast(cfg, d.device):
+            loss = job.fwd(inputs.to(d.device), labels.to(d.device), n, k, ids, denom)
+        loss.backward()
+        step_loss += loss.detach()
+    loss_value = float(all_sum(step_loss.cpu(), d)) / d.world
+    if not math.isfinite(loss_value):
+        raise HuginnError(
+            f"loss became {loss_value} at step {step}; training stopped and {_kept(run)}; lower optim.lr or check the data"
         )
-        n, k = sampler.sample(step)  # the same on every rank: seeded by the step
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in job.model.parameters() if p.requires_grad], clip)
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
+    job.opt.step()
+    job.opt.zero_grad(set_to_none=True)
+    return loss_value, lr, (n, k), float(grad_norm), int(cfg.train.batch_size * batches[0][0].shape[1])
 
-        # micro-batches; every micro-loss is divided by the step's global token count
-        batches = [data.batch(step, i) for i in range(layout.accum)]
-        tokens = all_sum(torch.tensor(float(sum(int((y != -100).sum()) for _, y, _ in batches))), d)
-        denom = (tokens / d.world).to(d.device)  # DDP / FSDP average over ranks; this undoes it
-        step_loss = torch.zeros((), device=d.device)
-        for i, (inputs, labels, ids) in enumerate(batches):
-            with no_sync(fwd, last=i == layout.accum - 1):
-                with autocast(cfg, d.device):
-                    loss = fwd(inputs.to(d.device), labels.to(d.device), n, k, ids, denom)
-                loss.backward()
-            step_loss += loss.detach()
-        loss_value = float(all_sum(step_loss.cpu(), d)) / d.world
-        if not math.isfinite(loss_value):
-            last = checkpoint.latest(run)
-            keep = f"the last good checkpoint {last.name} is kept" if last else "no checkpoint was written"
-            raise HuginnError(
-                f"loss became {loss_value} at step {step}; training stopped and {keep}; lower optim.lr or check the data"
-            )
 
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, t_clip if (t_clip := cfg.optim.grad_clip) > 0 else float("inf")
-        )
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+def _kept(run: Path) -> str:
+    last = checkpoint.latest(run)
+    return f"the last good checkpoint {last.name} is kept" if last else "no checkpoint was written"
 
-        result.losses.append(loss_value)
-        rows_tokens = int(t.batch_size * batches[0][0].shape[1])
-        metrics.count(rows_tokens, rows_tokens * train_flops_per_token(mc, n, k))
-        last_step = step + 1 == stop
-        metrics.log_step(
-            step + 1, loss_value, lr, n, k, float(grad_norm), log=(step + 1) % cfg.log.every == 0 or last_step
-        )
-        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < t.max_steps:
-            losses, answers = evaluate(fwd, data, cfg.eval.num_steps, cfg, d)
-            extra = {
-                "answer_acc": {str(r): a["acc"] for r, a in answers.items()},
-                "answer_loss": {str(r): a["loss"] for r, a in answers.items()},
-            }
-            metrics.log_eval(step + 1, losses, extra if answers else None)
-        if cfg.checkpoint.save_every and (step + 1) % cfg.checkpoint.save_every == 0 and not last_step:
-            save(step + 1)
-    result.step = stop
-    if stop > start:
-        save(stop)
-    metrics.close()
 
-    if stop == t.max_steps and cfg.eval.scaling:
-        losses, answers = evaluate(fwd, data, cfg.eval.scaling, cfg, d)
-        metrics.write({"step": stop, "eval": {str(r): v for r, v in losses.items()}, "scaling": True})
-        result.scaling = losses
-        if d.is_main:
-            result.scaling_table = report.write(run, losses, answers or None, sampler.mean_recurrence, stop)
-    return result
+def _save(cfg: JobConfig, run: Path, d: Dist, job: Job, step: int) -> None:
+    trainer = {"step": step, "data": job.data.state_dict(), "rng_cpu": torch.get_rng_state()}
+    checkpoint.save(run, step, job.model, job.opt.optimizers, trainer, d, cfg.checkpoint.keep)
+
+
+def _log_eval(cfg: JobConfig, d: Dist, job: Job, metrics: Metrics, step: int) -> None:
+    losses, answers = evaluate(job.fwd, job.data, cfg.eval.num_steps, cfg, d)
+    extra = {
+        "answer_acc": {str(r): a["acc"] for r, a in answers.items()},
+        "answer_loss": {str(r): a["loss"] for r, a in answers.items()},
+    }
+    metrics.log_eval(step, losses, extra if answers else None)
+
+
+def _scaling_report(cfg: JobConfig, run: Path, d: Dist, job: Job, metrics: Metrics, result: RunResult) -> None:
+    """The end-of-run evaluation at every depth of `eval.scaling`: table, plot and JSON."""
+    losses, answers = evaluate(job.fwd, job.data, cfg.eval.scaling, cfg, d)
+    metrics.write({"step": result.step, "eval": {str(r): v for r, v in losses.items()}, "scaling": True})
+    result.scaling = losses
+    if d.is_main:
+        result.scaling_table = report.write(run, losses, answers or None, job.sampler.mean_recurrence, result.step)
