@@ -1,53 +1,34 @@
-"""The built-in corpus: answers are the k-fold lookups they claim to be; rows are pure functions of their index."""
+"""The built-in corpus: rows of task problems, pure functions of their index; answers marked and labelled."""
 
 from __future__ import annotations
-
-import random
 
 import torch
 
 from huginn.train import corpus
-from huginn.train.report import table
 
 
-def parse(text: str) -> tuple[dict[str, str], list[tuple[str, int, str]]]:
-    head, tail = text.rstrip("\n").split("*")
-    f = dict(entry.split("=") for entry in head.strip(";").split(";"))
-    queries = [(q[0], int(q[1]), q[3]) for q in tail.split(";")]
-    return f, queries
+def test_rows_are_pure_functions_of_seed_and_index():
+    a = corpus.rows(0, [5, 6], 65)
+    assert a.shape == (2, 65) and torch.equal(a, corpus.rows(0, [5, 6], 65)) and not torch.equal(a[0], a[1])
+    assert not torch.equal(corpus.rows(1, [5], 65)[0], a[0])
+    assert not torch.equal(corpus.rows(0, [5], 65, difficulty=(30, 40))[0], a[0])
 
 
-def test_answers_are_k_fold_lookups_in_a_permutation():
-    rng = random.Random(3)
-    for _ in range(200):
-        f, queries = parse(corpus.problem(rng))
-        assert (
-            sorted(f) == sorted(f.values()) and corpus.LETTERS[0] <= len(f) <= corpus.LETTERS[1]
-        )  # a permutation of its letters
-        assert (
-            len({(x, k) for x, k, _ in queries}) == len(queries) == min(corpus.QUERIES, len(f) * corpus.MAX_HOPS)
-        )  # no repeat
-        hops = set()
-        for x, k, y in queries:
-            z = x
-            for _ in range(k):
-                z = f[z]
-            assert y == z
-            hops.add(k)
-        assert max(hops) <= corpus.MAX_HOPS
+def test_rows_pack_problems_of_the_trained_difficulties():
+    text = "".join(corpus.row_text(0, i, 300, difficulty=(3, 5)) for i in range(20))
+    lines = [line for line in text.split("\n") if line]
+    complete = [line for line in lines[:-1] if "=" in line and len(line.split("=")[1]) == 1]
+    assert len(complete) > 100 and {len(line.split("=")[0]) for line in complete} == {3, 4, 5}
+    assert corpus.row_text(0, 0, 64).startswith("\n")  # a row starts at a problem
 
 
-def test_rows_are_pure_and_answer_mask_marks_the_answers():
-    a = corpus.rows(0, [5, 6], 129)
-    assert torch.equal(a, corpus.rows(0, [5, 6], 129)) and not torch.equal(a[0], a[1])
-    assert not torch.equal(corpus.rows(1, [5], 129)[0], a[0])
-    text = corpus.row_text(0, 5, 129)
-    mask = corpus.answer_mask(a[0, :-1])
-    targets = [text[i + 1] for i in mask.nonzero().flatten().tolist()]
-    assert len(targets) >= 15 and all(c.isalpha() for c in targets)
-    assert corpus.decode(corpus.encode(text)) == text.replace("\x00", "")
-
-
-def test_report_table_has_answer_columns():
-    t = table({1: 1.0, 4: 0.5}, {1: {"loss": 2.0, "acc": 0.2}, 4: {"loss": 0.1, "acc": 0.95}}, train_mean=4)
-    assert "| 4 (train mean) | 0.5000 | 1.649 | 0.1000 | 95.0% |" in t and "answer loss" in t
+def test_answer_mask_and_labels_keep_only_the_answers():
+    row = corpus.rows(0, [7], 65)
+    text = corpus.decode(row[0].tolist())
+    mask = corpus.answer_mask(row[:, :-1])[0]
+    labels = corpus.answer_labels(row)[0]
+    answers = [i for i, c in enumerate(text[:-1]) if c == "="]
+    assert mask.nonzero().flatten().tolist() == answers and len(answers) >= 3
+    assert all(text[i + 1] in "01" and labels[i] == corpus.STOI[text[i + 1]] for i in answers)
+    assert int((labels != corpus.IGNORE).sum()) == len(answers)
+    assert corpus.decode(corpus.encode(text)) == text

@@ -126,7 +126,7 @@ def test_config_overrides_parse():
     assert (
         c.optim.lr == 1e-3 and c.eval.scaling == [1, 3] and c.train.precision == "bf16" and c.optim.betas == [0.8, 0.9]
     )
-    assert json.loads(json.dumps(c.to_dict()))["train"]["max_steps"] == 2000
+    assert json.loads(json.dumps(c.to_dict()))["train"]["max_steps"] == 1000
 
 
 def test_default_yaml_is_the_builtin_default():

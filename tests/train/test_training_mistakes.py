@@ -63,6 +63,8 @@ def refused(capsys, argv: list[str], out: Path | None = None) -> str:
         ("train.stop_after=0", "train.stop_after must be >= 1, got 0"),
         ("train.micro_batch_size=8", "train.micro_batch_size 8 exceeds train.batch_size 4"),
         ("eval.scaling=[1, 0]", "every element of eval.scaling must be >= 1, got 0"),
+        ("data.difficulty=[5, 2]", "data.difficulty must be [min, max] with min <= max, got [5, 2]"),
+        ("eval.exit_criterion=kll", "eval.exit_criterion"),
     ],
 )
 def test_nonsense_values_are_refused_at_load(tmp_path, capsys, setting, message):
@@ -295,7 +297,8 @@ def test_training_off_a_tty_logs_a_line_per_5_percent(tmp_path, capsys):
     assert not math.isnan(float(lines[-1].split("loss ")[1].split()[0]))
 
 
-def test_rows_without_answers_report_no_answer_columns(tmp_path):
-    """Built-in rows of 16 characters end inside the table: no answer token, so no 0.0000 / 0.0% answer columns."""
-    result = train(cfg("data.seq_len=16", "eval.scaling=[1]", steps=3), tmp_path / "r")
-    assert "answer" not in result.scaling_table and result.scaling[1] > 0
+def test_builtin_rows_too_short_for_a_whole_problem_are_refused():
+    """A row of 16 characters cannot hold a 16-bit problem and its answer: nothing to learn from it."""
+    with pytest.raises(HuginnError, match=r"data.seq_len 16 is too short for problems of difficulty 16; use .* >= 18"):
+        cfg("data.seq_len=16", steps=3)
+    assert cfg("data.seq_len=16", "data.difficulty=[1, 14]", steps=3).data.seq_len == 16

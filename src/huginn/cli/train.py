@@ -61,9 +61,12 @@ def train(args: tuple[str, ...], out: str, max_steps: int | None, sets: tuple[st
     cfg = load_config(config, overrides, **{"train.max_steps": max_steps})
     result = run_training(cfg, Path(out))
     if result.scaling_table:
-        click.echo(
-            f"\nvalidation loss by test-time depth (table: {Path(out) / 'scaling.md'}, plot: {Path(out) / 'scaling.png'}):"
+        what = (
+            "answer accuracy (%) by difficulty and test-time depth"
+            if cfg.data.kind == "builtin"
+            else "validation loss by test-time depth"
         )
+        click.echo(f"\n{what} (table: {Path(out) / 'scaling.md'}, plot: {Path(out) / 'scaling.png'}):")
         click.echo(result.scaling_table)
 
 

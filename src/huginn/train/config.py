@@ -34,11 +34,12 @@ from huginn.errors import HuginnError, one_of
 from huginn.train.optim import OptimizerName, ScheduleKind
 from huginn.train.parallel import ParallelKind
 from huginn.train.steps import Curriculum, Scheme
+from huginn.train.tasks import TaskName
 
 
 @dataclass
 class ModelSection:
-    shape: str = "demo"  # a named shape (huginn.config.SHAPES)
+    shape: str = "quickstart"  # a named shape (huginn.config.SHAPES)
     overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {n_embd: 128}
     init_from: str | None = None  # a published-format checkpoint folder: fine-tune it (shape ignored)
 
@@ -49,7 +50,9 @@ class DataSection:
     path: str | list[str] | None = None  # packed: token shard(s); chat: a jsonl of {"messages": [...]}
     val_path: str | list[str] | None = None  # default: builtin held-out problems / the training data
     tokenizer: str | None = None  # chat: tokenizer folder (default: model.init_from)
-    seq_len: int = 128  # tokens per row (inputs); rows hold seq_len + 1 tokens
+    task: TaskName = "parity"  # builtin: the generated task (huginn.train.tasks)
+    difficulty: list[int] = field(default_factory=lambda: [1, 16])  # builtin: trained difficulties [min, max]
+    seq_len: int = 64  # tokens per row (inputs); rows hold seq_len + 1 tokens
     val_samples: int = 64  # held-out rows for every validation (at least one micro-batch is used)
 
 
@@ -90,8 +93,8 @@ class ScheduleSection:
 
 @dataclass
 class TrainSection:
-    max_steps: int = 2000
-    batch_size: int = 16  # global batch in rows (over all ranks and micro-batches)
+    max_steps: int = 1000
+    batch_size: int = 32  # global batch in rows (over all ranks and micro-batches)
     micro_batch_size: int | None = None  # rows per rank per forward; None: batch_size / world size
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (matmuls in bf16, master weights fp32)
@@ -109,7 +112,12 @@ class TrainSection:
 class EvalSection:
     every: int = 0  # validate every N steps (0: only at the end)
     num_steps: list[int] = field(default_factory=lambda: [1, 4])  # depths validated during training
-    scaling: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # final test-time-scaling sweep
+    scaling: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])  # final test-time-scaling sweep
+    difficulties: list[int] | None = None  # builtin: difficulties swept (None: the trained ones, then up to 4x)
+    examples: int = 256  # builtin: held-out problems per difficulty in the sweep
+    # builtin: the sweep's adaptive exit, a name in huginn.infer.exits; its max_steps is max(scaling)
+    exit_criterion: str = "latent-diff"
+    exit_threshold: float | None = None  # None: the criterion's published threshold (latent-diff: 0.03)
 
 
 @dataclass
@@ -312,6 +320,7 @@ POSITIVE, NON_NEGATIVE, UNIT, COUNT = Range(0, lo_open=True), Range(0), Range(0,
 RANGES: dict[str, Range] = {
     "data.seq_len": COUNT,
     "data.val_samples": COUNT,
+    "data.difficulty": COUNT,
     "depth.mean_recurrence": COUNT,
     "depth.backprop_depth": COUNT,
     "depth.curriculum_fraction": Range(0, 1, lo_open=True),
@@ -336,6 +345,9 @@ RANGES: dict[str, Range] = {
     "eval.every": NON_NEGATIVE,
     "eval.num_steps": COUNT,
     "eval.scaling": COUNT,
+    "eval.difficulties": COUNT,
+    "eval.examples": COUNT,
+    "eval.exit_threshold": NON_NEGATIVE,
     "checkpoint.save_every": NON_NEGATIVE,
     "checkpoint.keep": NON_NEGATIVE,
     "log.every": COUNT,
@@ -372,6 +384,20 @@ def validate(cfg: JobConfig) -> None:
         raise HuginnError(
             f"data.kind {cfg.data.kind!r} needs data.path (set it in the config or with --set data.path=...)"
         )
+    d = cfg.data
+    if len(d.difficulty) != 2 or d.difficulty[0] > d.difficulty[1]:
+        raise HuginnError(f"data.difficulty must be [min, max] with min <= max, got {d.difficulty!r}")
+    if d.kind == "builtin" and d.seq_len < d.difficulty[1] + 2:
+        # a row starts with a problem: a whole one (newline, k bits, marker; the answer is the label
+        # after the last input) fits when seq_len >= k + 2, so no row is without an answer to learn
+        raise HuginnError(
+            f"data.seq_len {d.seq_len} is too short for problems of difficulty {d.difficulty[1]}; "
+            f"use data.seq_len >= {d.difficulty[1] + 2} or lower data.difficulty"
+        )
+    from huginn.infer.exits import CRITERIA
+
+    if cfg.eval.exit_criterion not in CRITERIA:
+        raise one_of("eval.exit_criterion", cfg.eval.exit_criterion, list(CRITERIA))
     if cfg.data.kind == "chat" and not (cfg.data.tokenizer or cfg.model.init_from):
         raise HuginnError("data.kind 'chat' needs a tokenizer: set data.tokenizer or model.init_from")
 

@@ -46,16 +46,20 @@ class Layout:
 
 
 class BuiltinSource:
-    """Generated arithmetic rows (`huginn.train.corpus`); stateless: a row is a function of its index."""
+    """Generated task rows (`huginn.train.corpus`), loss on the answers only; stateless: a row is a
+    function of its index."""
 
     vocab_size = corpus.VOCAB_SIZE
 
-    def __init__(self, layout: Layout, seq_len: int, seed: int, val_samples: int):
+    def __init__(
+        self, layout: Layout, seq_len: int, seed: int, val_samples: int, task: str, difficulty: tuple[int, int]
+    ):
         self.layout, self.seq_len, self.seed, self.val_samples = layout, seq_len, seed, val_samples
+        self.task, self.difficulty = task, difficulty
 
     def _rows(self, ids: Tensor) -> Batch:
-        r = corpus.rows(self.seed, ids.tolist(), self.seq_len + 1)
-        return r[:, :-1], r[:, 1:], ids
+        r = corpus.rows(self.seed, ids.tolist(), self.seq_len + 1, self.task, self.difficulty)
+        return r[:, :-1], corpus.answer_labels(r, self.task), ids
 
     def batch(self, step: int, micro: int) -> Batch:
         return self._rows(self.layout.row_ids(step, micro))

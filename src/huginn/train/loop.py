@@ -26,7 +26,7 @@ from huginn.errors import HuginnError
 from huginn.model.cost import train_flops_per_token
 from huginn.model.recurrent import RecurrentLM
 from huginn.outdir import check_writable_out
-from huginn.train import checkpoint, corpus, report
+from huginn.train import checkpoint, corpus, report, tasks
 from huginn.train.config import JobConfig, dump_config, validate
 from huginn.train.data import BuiltinSource, ChatSource, Layout, PackedSource
 from huginn.train.forward import TrainForward, blocks
@@ -94,7 +94,8 @@ def build_data(cfg: JobConfig, mc: ModelConfig, layout: Layout):
             raise HuginnError(
                 f"the built-in corpus needs vocab_size >= {corpus.VOCAB_SIZE}, the model has {mc.vocab_size}"
             )
-        return BuiltinSource(layout, d.seq_len, cfg.train.seed, d.val_samples)
+        difficulty = (d.difficulty[0], d.difficulty[1])
+        return BuiltinSource(layout, d.seq_len, cfg.train.seed, d.val_samples, d.task, difficulty)
     if d.kind == "packed":
         check_packed_vocab([d.path, d.val_path], mc.vocab_size)
         return PackedSource(layout, d.path, d.val_path, cfg.train.seed, d.val_samples, d.seq_len)
@@ -157,7 +158,7 @@ def evaluate(
         total = torch.zeros(5, dtype=torch.float64)  # loss sum, tokens, correct answers, answers, answer loss sum
         for inputs, labels, ids in data.val_batches():
             inputs, labels = inputs.to(d.device), labels.to(d.device)
-            mask = corpus.answer_mask(inputs) if builtin else None
+            mask = corpus.answer_mask(inputs, cfg.data.task) if builtin else None
             with autocast(cfg, d.device):
                 out = fwd(inputs, labels, r, 0, ids, torch.tensor(1.0), answer_mask=mask)
             loss, correct, answer_loss = out if builtin else (out, 0, 0)
@@ -400,5 +401,24 @@ def _scaling_report(cfg: JobConfig, run: Path, d: Dist, job: Job, metrics: Metri
     losses, answers = evaluate(job.fwd, job.data, cfg.eval.scaling, cfg, d)
     metrics.write({"step": result.step, "eval": {str(r): v for r, v in losses.items()}, "scaling": True})
     result.scaling = losses
-    if d.is_main:
+    if cfg.data.kind == "builtin" and not (d.world > 1 and cfg.parallel.kind == "fsdp"):
+        # the task's depth sweep (the sweep calls the model's step-level pieces, which FSDP2's
+        # hooks do not unshard: an FSDP run reports the validation loss only)
+        e, trained = cfg.eval, (cfg.data.difficulty[0], cfg.data.difficulty[1])
+        difficulties = e.difficulties or tasks.eval_difficulties(trained)
+        sweep = report.depth_sweep(
+            job.model,
+            cfg.data.task,
+            difficulties,
+            trained,
+            e.scaling,
+            job.sampler.mean_recurrence,
+            e.exit_criterion,
+            e.exit_threshold,
+            e.examples,
+        )
+        sweep.extra = {"step": result.step, "val_loss": {str(r): v for r, v in losses.items()}}
+        if d.is_main:
+            result.scaling_table = report.write_sweep(run, sweep)
+    elif d.is_main:
         result.scaling_table = report.write(run, losses, answers or None, job.sampler.mean_recurrence, result.step)
