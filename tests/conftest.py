@@ -66,3 +66,16 @@ def run_huginn(*args: str, check: bool = True, timeout: int = 600, cwd=None, env
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def run_main(argv: list[str], capsys) -> tuple[object, str, str]:
+    """(exit code, stdout, stderr) of `huginn ARGV`, in this process (no interpreter start-up)."""
+    from huginn.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err

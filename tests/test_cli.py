@@ -6,6 +6,7 @@ import pytest
 
 from huginn import __version__
 from tests.conftest import run_huginn as huginn
+from tests.conftest import run_main as _main
 
 
 def test_version_and_help():
@@ -51,19 +52,6 @@ def test_unknown_model_type(tmp_path):
 def test_demo_runs():
     out = huginn("demo", "--shape", "tiny", "--steps", "1,4,8", "--seq-len", "8").stdout
     assert "num_steps" in out
-
-
-def _main(argv, capsys):
-    """(exit code, stdout, stderr) of `huginn ARGV`, in this process (no interpreter start-up)."""
-    from huginn.cli import main
-
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize(

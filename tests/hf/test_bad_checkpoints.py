@@ -10,8 +10,8 @@ import pytest
 
 from huginn import HuginnError
 from huginn.checkpoint import load_checkpoint
-from huginn.cli import main
 from huginn.hf import RavenForCausalLM
+from tests.conftest import run_main as run
 
 
 def _edit_config(folder, change):
@@ -95,16 +95,6 @@ def test_python_loaders(broken, kind, monkeypatch):
     with pytest.raises(HuginnError) as err:
         RavenForCausalLM.from_pretrained(str(folder))
     _one_line(err.value, kind, folder)
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("kind", list(BROKEN))

@@ -142,44 +142,24 @@ def test_generate_speculative_and_sampling(fixture_dir, tokenizer_dir):
         ]
     )
     assert spec.exit_code == 0 and spec.stdout == greedy.stdout and "draft acceptance" in spec.stderr
-    a = _run(
-        [
-            "generate",
-            str(fixture_dir),
-            "Hi",
-            "--tokenizer",
-            str(tokenizer_dir),
-            "--temperature",
-            "0.9",
-            "--top-p",
-            "0.9",
-            "--seed",
-            "3",
-            "--max-new-tokens",
-            "5",
-            "--num-steps",
-            "2",
-        ]
-    )
-    b = _run(
-        [
-            "generate",
-            str(fixture_dir),
-            "Hi",
-            "--tokenizer",
-            str(tokenizer_dir),
-            "--temperature",
-            "0.9",
-            "--top-p",
-            "0.9",
-            "--seed",
-            "3",
-            "--max-new-tokens",
-            "5",
-            "--num-steps",
-            "2",
-        ]
-    )
+    sampled = [
+        "generate",
+        str(fixture_dir),
+        "Hi",
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "5",
+        "--num-steps",
+        "2",
+    ]
+    a, b = _run(sampled), _run(sampled)  # the same seed twice: the same sample
     assert a.exit_code == 0 and a.stdout == b.stdout
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from huginn.cli import main
+from tests.conftest import run_main as run
 
 from .helpers import tiny_base
 
@@ -19,17 +19,6 @@ def base_dirs(tmp_path_factory):
         tiny_base(name).save_pretrained(root / name)
         dirs[name] = root / name
     return dirs
-
-
-def run(argv, capsys):
-    """(exit code, stdout, stderr) of `huginn ARGV`."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("name", ["llama-gqa-tied", "olmo2-gqa"])
