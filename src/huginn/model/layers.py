@@ -41,19 +41,18 @@ class AttentionContext:
     mask: Tensor | None  # (B or 1, 1, S, S_kv) bool, True = attend; None: see is_causal
     is_causal: bool  # with mask None: causal (S == S_kv) or full (S == 1)
     cache: KVCache | None = None
-    # how a group of blocks runs (None: one after another, `run_blocks`); a caller may run a group
-    # as one compiled call instead: the model does not know who does
-    runner: Callable[[nn.ModuleList, Tensor, AttentionContext, list[int]], Tensor] | None = None
     # single-query attention written out as matmuls (`single_query_attention`) instead of SDPA:
     # cheaper inside a fused graph, slower in eager mode
     written_out: bool = False
 
 
+# how a group of blocks runs: (blocks, x, ctx, slots) -> x. The model's pieces take one as an
+# argument (`run=`), so a caller may run each group as one compiled call without the model knowing
+BlockRunner = Callable[[nn.ModuleList, Tensor, AttentionContext, list[int]], Tensor]
+
+
 def run_blocks(blocks: nn.ModuleList, x: Tensor, ctx: AttentionContext, slots: list[int]) -> Tensor:
-    """Run `blocks` in order, block i writing KV slot `slots[i]`. Every block of the model runs
-    through here (prelude, one core step, coda), so that a runner can take a group over."""
-    if ctx.runner is not None:
-        return ctx.runner(blocks, x, ctx, slots)
+    """The default `BlockRunner`: run `blocks` in order, block i writing KV slot `slots[i]`."""
     for block, slot in zip(blocks, slots):
         x = block(x, ctx, slot)
     return x

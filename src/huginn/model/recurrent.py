@@ -26,7 +26,16 @@ from torch import Tensor, nn
 from huginn.config import ModelConfig
 from huginn.errors import HuginnError
 from huginn.model.init import init_weights
-from huginn.model.layers import BLOCKS, AttentionContext, KVCache, RMSNorm, causal_mask, rope_table, run_blocks
+from huginn.model.layers import (
+    BLOCKS,
+    AttentionContext,
+    BlockRunner,
+    KVCache,
+    RMSNorm,
+    causal_mask,
+    rope_table,
+    run_blocks,
+)
 from huginn.model.recurrence import Recurrence, Schedule, StepHook, recur
 from huginn.model.slots import SlotLayout
 
@@ -256,12 +265,14 @@ class RecurrentLM(nn.Module):
         own = torch.arange(kv_len, device=device)[None, :] == (torch.arange(seq_len, device=device)[:, None] + past)
         return AttentionContext(rope, mask | own[None, None], False, cache)
 
-    def embed(self, input_ids: Tensor, ctx: AttentionContext) -> Tensor:
-        """Token embedding (scaled) followed by the prelude: the injected `e`."""
+    def embed(self, input_ids: Tensor, ctx: AttentionContext, run: BlockRunner = run_blocks) -> Tensor:
+        """Token embedding (scaled) followed by the prelude: the injected `e`. `run` runs each group
+        of blocks (here and in `core_step`, `recur`, `readout`, `predict`): compiled decoding passes
+        its own."""
         x = self.transformer.wte(input_ids)
         if self.model_config.embed_scale != 1:
             x = x * self.model_config.embed_scale
-        return run_blocks(self.transformer.prelude, x, ctx, self.slots.prelude())
+        return run(self.transformer.prelude, x, ctx, self.slots.prelude())
 
     def initialize_state(
         self, e: Tensor, init_scale: float | None = None, generator: torch.Generator | None = None
@@ -279,13 +290,15 @@ class RecurrentLM(nn.Module):
             x = x * cfg.embed_scale
         return x.to(e.dtype)
 
-    def core_step(self, state: Tensor, e: Tensor, ctx: AttentionContext, step: int) -> Tensor:
+    def core_step(
+        self, state: Tensor, e: Tensor, ctx: AttentionContext, step: int, run: BlockRunner = run_blocks
+    ) -> Tensor:
         """One iteration of the core: inject e into the state, run the core layers."""
         if self.model_config.injection_type == "linear":
             x = self.transformer.adapter(torch.cat([state, e], dim=-1))
         else:
             x = state + e
-        return run_blocks(self.transformer.core_block, x, ctx, self.slots.core(step))
+        return run(self.transformer.core_block, x, ctx, self.slots.core(step))
 
     def recur(
         self,
@@ -296,26 +309,29 @@ class RecurrentLM(nn.Module):
         *,
         hook: StepHook | None = None,
         limit: Tensor | None = None,
+        run: BlockRunner = run_blocks,
     ) -> Recurrence:
         """The core iterated from `state` with `e` injected at every step: `huginn.model.recurrence.recur`
         over `core_step` (the one loop every caller uses; see that module for schedule, hook, limit)."""
-        return recur(lambda s, step: self.core_step(s, e, ctx, step), state, schedule, hook=hook, limit=limit)
+        return recur(lambda s, step: self.core_step(s, e, ctx, step, run), state, schedule, hook=hook, limit=limit)
 
-    def readout(self, state: Tensor, ctx: AttentionContext) -> tuple[Tensor, Tensor]:
+    def readout(self, state: Tensor, ctx: AttentionContext, run: BlockRunner = run_blocks) -> tuple[Tensor, Tensor]:
         """(hidden, latents): the coda's normalised output, which the head reads, and ln_f(state).
         The coda reads ln_f(state), or the raw state for a retrofitted base (which normalises only
         once, after its last layer). Training calls this too, so both compute the same function."""
         latents = self.transformer.ln_f(state)
         x = latents if self.model_config.coda_input_norm else state
-        x = run_blocks(self.transformer.coda, x, ctx, self.slots.coda())
+        x = run(self.transformer.coda, x, ctx, self.slots.coda())
         return self.transformer.ln_f(x), latents
 
-    def predict(self, state: Tensor, ctx: AttentionContext, last_only: bool = False) -> tuple[Tensor, Tensor]:
+    def predict(
+        self, state: Tensor, ctx: AttentionContext, last_only: bool = False, run: BlockRunner = run_blocks
+    ) -> tuple[Tensor, Tensor]:
         """(logits, latents) from a state: `readout`, then the head. With `last_only` the head
         reads only the last position (decoding): logits (B, V), latents (B, 1, d); the coda still
         runs over every position, so that its KV entries exist for later tokens. Logits are fp32
         (fp64 stays fp64: exactness checks compare in double precision)."""
-        hidden, latents = self.readout(state, ctx)
+        hidden, latents = self.readout(state, ctx, run)
         if last_only:
             hidden, latents = hidden[:, -1], latents[:, -1:]
         logits = self.lm_head(hidden)
