@@ -197,6 +197,8 @@ class RecurrentLM(nn.Module):
     freqs_cis: Tensor
 
     def __init__(self, config: ModelConfig | None = None):
+        # None only inside transformers' cooperative __init__ chain, which calls the next class's
+        # __init__ without arguments; `RavenForCausalLM` then calls `build` with its config's shape
         super().__init__()
         if config is not None:
             self.build(config)
