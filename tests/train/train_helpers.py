@@ -9,6 +9,7 @@ TINY = [
     "data.seq_len=32",
     "data.val_samples=8",
     "train.batch_size=4",
+    "train.precision=fp32",  # not auto: a timed trial must not decide what exactness tests compare
     "log.every=1",
     "log.progress=false",
     "eval.scaling=[1,2]",

@@ -97,7 +97,9 @@ class TrainSection:
     batch_size: int = 32  # global batch in rows (over all ranks and micro-batches)
     micro_batch_size: int | None = None  # rows per rank per forward; None: batch_size / world size
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (matmuls in bf16, master weights fp32)
+    # bf16: autocast (matmuls in bf16, master weights fp32); auto: the faster on this device and shape
+    # (huginn.train.precision), said at the start and kept for the run
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     activation_checkpointing: bool = False  # per core iteration, grad steps only
     compile: bool = False  # torch.compile each block
     loss_chunk: int = 4096  # tokens per chunk of the head + loss; 0: plain loss

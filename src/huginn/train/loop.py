@@ -27,12 +27,14 @@ from huginn.model.cost import train_flops_per_token
 from huginn.model.recurrent import RecurrentLM
 from huginn.outdir import check_writable_out
 from huginn.train import checkpoint, corpus, report, tasks
+from huginn.train import precision as precision_of
 from huginn.train.config import JobConfig, dump_config, validate
 from huginn.train.data import BuiltinSource, ChatSource, Layout, PackedSource
 from huginn.train.forward import TrainForward, blocks
 from huginn.train.metrics import Metrics
 from huginn.train.optim import Optimizers, build_optimizer, lr_factor, set_lr
 from huginn.train.parallel import Dist, all_sum, apply_parallel, barrier, init_distributed, no_sync, shutdown
+from huginn.train.precision import Precision
 from huginn.train.steps import DepthSampler
 
 
@@ -140,15 +142,9 @@ def depth_sampler(cfg: JobConfig, mc: ModelConfig) -> DepthSampler:
     )
 
 
-def autocast(cfg: JobConfig, device: torch.device):
-    if cfg.train.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def evaluate(
-    fwd: torch.nn.Module, data, depths: list[int], cfg: JobConfig, d: Dist
+    fwd: torch.nn.Module, data, depths: list[int], cfg: JobConfig, d: Dist, precision: Precision
 ) -> tuple[dict[int, float], dict[int, dict[str, float]]]:
     """Validation loss (mean over labelled tokens) per depth and, on the built-in corpus, the loss
     and accuracy on the answer tokens (the deterministic, depth-hungry ones): {r: {"loss", "acc"}}."""
@@ -159,7 +155,7 @@ def evaluate(
         for inputs, labels, ids in data.val_batches():
             inputs, labels = inputs.to(d.device), labels.to(d.device)
             mask = corpus.answer_mask(inputs, cfg.data.task) if builtin else None
-            with autocast(cfg, d.device):
+            with precision.autocast(d.device):
                 out = fwd(inputs, labels, r, 0, ids, torch.tensor(1.0), answer_mask=mask)
             loss, correct, answer_loss = out if builtin else (out, 0, 0)
             total += torch.tensor(
@@ -213,7 +209,7 @@ def memory_needed(cfg: JobConfig, mc: ModelConfig, micro: int, backprop_depth: i
         per_token = (mc.n_layers_in_prelude + mc.n_layers_in_coda + core) * per_block + backprop_depth * d
     else:
         per_token = (mc.n_layers_in_prelude + mc.n_layers_in_coda + backprop_depth * core) * per_block
-    element = 2 if cfg.train.precision == "bf16" else 4
+    element = 2 if cfg.train.precision == "bf16" else 4  # auto: the fp32 bound
     return 12 * n_params + micro * cfg.data.seq_len * per_token * element
 
 
@@ -270,6 +266,7 @@ class Job:
     opt: Optimizers
     layout: Layout
     resuming: bool
+    precision: Precision
 
 
 def _train(cfg: JobConfig, run: Path, d: Dist) -> RunResult:
@@ -322,13 +319,25 @@ def _build(cfg: JobConfig, run: Path, d: Dist) -> Job:
         # tiny models gain nothing from intra-op threads, and on a busy machine OpenMP spin-waits
         # make 2 threads up to 30x slower than 1 (measured here)
         torch.set_num_threads(t.threads or 1)
+    precision = _precision(cfg, run, d, model, layout.micro, resuming)
     if t.compile:
         for block in (*blocks(model, "prelude"), *blocks(model, "core_block"), *blocks(model, "coda")):
             block.compile()
     fwd = apply_parallel(
         TrainForward(model, t.loss_chunk, t.activation_checkpointing, t.seed), cfg.parallel.kind, d, cfg.optim.name
     )
-    return Job(model, data, sampler, fwd, build_optimizer(model, cfg.optim), layout, resuming)
+    return Job(model, data, sampler, fwd, build_optimizer(model, cfg.optim), layout, resuming, precision)
+
+
+def _precision(cfg: JobConfig, run: Path, d: Dist, model: RecurrentLM, rows: int, resuming: bool) -> Precision:
+    """The run's precision (rank 0's choice on every rank), said once."""
+    p = precision_of.choose(cfg.train.precision, model, d.device, rows, cfg.data.seq_len, run if resuming else None)
+    if d.world > 1:  # a trial can come out differently per rank: rank 0 decides
+        bf16 = all_sum(torch.tensor(float(p.name == "bf16") if d.is_main else 0.0), d)
+        p = Precision("bf16" if float(bf16) > 0 else "fp32", p.reason)
+    if d.is_main:
+        print(f"huginn: training in {p.name} ({p.reason})", flush=True)
+    return p
 
 
 def _resume_or_start(cfg: JobConfig, run: Path, d: Dist, job: Job) -> int:
@@ -342,6 +351,7 @@ def _resume_or_start(cfg: JobConfig, run: Path, d: Dist, job: Job) -> int:
         torch.set_rng_state(trainer["rng_cpu"])
     elif d.is_main:
         checkpoint.write_run_files(run, dump_config(cfg), job.model.model_config.to_dict())
+        precision_of.record(run, job.precision)
     barrier(d)
     return start
 
@@ -359,7 +369,7 @@ def _train_step(
     denom = (tokens / d.world).to(d.device)  # DDP / FSDP average over ranks; this undoes it
     step_loss = torch.zeros((), device=d.device)
     for i, (inputs, labels, ids) in enumerate(batches):
-        with no_sync(job.fwd, last=i == job.layout.accum - 1), autocast(cfg, d.device):
+        with no_sync(job.fwd, last=i == job.layout.accum - 1), job.precision.autocast(d.device):
             loss = job.fwd(inputs.to(d.device), labels.to(d.device), n, k, ids, denom)
         loss.backward()
         step_loss += loss.detach()
@@ -388,7 +398,7 @@ def _save(cfg: JobConfig, run: Path, d: Dist, job: Job, step: int) -> None:
 
 
 def _log_eval(cfg: JobConfig, d: Dist, job: Job, metrics: Metrics, step: int) -> None:
-    losses, answers = evaluate(job.fwd, job.data, cfg.eval.num_steps, cfg, d)
+    losses, answers = evaluate(job.fwd, job.data, cfg.eval.num_steps, cfg, d, job.precision)
     extra = {
         "answer_acc": {str(r): a["acc"] for r, a in answers.items()},
         "answer_loss": {str(r): a["loss"] for r, a in answers.items()},
@@ -398,7 +408,7 @@ def _log_eval(cfg: JobConfig, d: Dist, job: Job, metrics: Metrics, step: int) ->
 
 def _scaling_report(cfg: JobConfig, run: Path, d: Dist, job: Job, metrics: Metrics, result: RunResult) -> None:
     """The end-of-run evaluation at every depth of `eval.scaling`: table, plot and JSON."""
-    losses, answers = evaluate(job.fwd, job.data, cfg.eval.scaling, cfg, d)
+    losses, answers = evaluate(job.fwd, job.data, cfg.eval.scaling, cfg, d, job.precision)
     metrics.write({"step": result.step, "eval": {str(r): v for r, v in losses.items()}, "scaling": True})
     result.scaling = losses
     if cfg.data.kind == "builtin" and not (d.world > 1 and cfg.parallel.kind == "fsdp"):
