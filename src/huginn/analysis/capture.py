@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from huginn.analysis.interventions import Intervention, apply_all
 from huginn.errors import HuginnError
-from huginn.model.layers import Attention, AttentionContext, apply_rope, causal_mask, run_blocks
+from huginn.model.layers import Attention, AttentionContext, causal_mask, run_blocks
 from huginn.model.recurrence import Schedule
 from huginn.model.recurrent import check_init_scale, check_token_inputs, normalize_steps
 
@@ -126,19 +126,13 @@ class Capture:
 def attention_probs(attn: Attention, x: Tensor, ctx: AttentionContext) -> Tensor:
     """(B, H, S, S) fp32 softmax probabilities of one uncached attention call on input `x` (the
     block's normed input), recomputed from its weights: the same q/k path as
-    `huginn.model.layers.Attention` (qk norm or bias, RoPE, mask), which returns only its output."""
+    `Attention.heads` (qk norm or bias, RoPE) and the mask, where the attention returns only its output."""
     if ctx.cache is not None:
         raise HuginnError("attention probabilities are recomputed for uncached forwards only; use capture()")
-    B, S, _ = x.shape
+    S = x.shape[1]
     H, KV, hd = attn.n_heads, attn.n_kv, attn.hd
-    qkv = attn.Wqkv(x)
-    q, k = qkv[..., : H * hd], qkv[..., H * hd : (H + KV) * hd]
-    if attn.q_norm is not None and attn.k_norm is not None:  # both or neither
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = q.view(B, S, H, hd), k.view(B, S, KV, hd)
-    if attn.qk_bias is not None:
-        q, k = q + attn.qk_bias[0], k + attn.qk_bias[1]
-    q, k = apply_rope(q, ctx.rope).transpose(1, 2), apply_rope(k, ctx.rope).transpose(1, 2)  # (B, H|KV, S, hd)
+    q, k, _ = attn.heads(x, ctx.rope)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H|KV, S, hd)
     if KV != H:
         k = k.repeat_interleave(H // KV, dim=1)
     scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(hd)  # (B, H, S, S)

@@ -155,7 +155,9 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
         self.proj = nn.Linear(self.n_heads * self.hd, cfg.n_embd, bias=False)
 
-    def forward(self, x: Tensor, ctx: AttentionContext, slot: int) -> Tensor:
+    def heads(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(q, k, v) of input `x`, (B, S, H | KV, hd), q and k after qk norm or bias and RoPE: the
+        one definition of what attends (analysis recomputes attention probabilities from it)."""
         B, S, _ = x.shape
         H, KV, hd = self.n_heads, self.n_kv, self.hd
         qkv = self.Wqkv(x)
@@ -165,15 +167,19 @@ class Attention(nn.Module):
             qk = qkv[..., : (H + KV) * hd].view(B, S, H + KV, hd)
             if self.qk_bias is not None:
                 qk = qk + self.qk_bias.view(2 * H, hd)  # rows [q heads | k heads], as published
-            q, k = apply_rope(qk, ctx.rope).split([H, KV], dim=2)
-        else:
-            q, k = qkv[..., : (H + KV) * hd].split([H * hd, KV * hd], dim=-1)
-            if self.q_norm is not None and self.k_norm is not None:  # both or neither
-                q, k = self.q_norm(q), self.k_norm(k)
-            q, k = q.view(B, S, H, hd), k.view(B, S, KV, hd)
-            if self.qk_bias is not None:
-                q, k = q + self.qk_bias[0], k + self.qk_bias[1]
-            q, k = apply_rope(q, ctx.rope), apply_rope(k, ctx.rope)
+            q, k = apply_rope(qk, rope).split([H, KV], dim=2)
+            return q, k, v
+        q, k = qkv[..., : (H + KV) * hd].split([H * hd, KV * hd], dim=-1)
+        if self.q_norm is not None and self.k_norm is not None:  # both or neither
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.view(B, S, H, hd), k.view(B, S, KV, hd)
+        if self.qk_bias is not None:
+            q, k = q + self.qk_bias[0], k + self.qk_bias[1]
+        return apply_rope(q, rope), apply_rope(k, rope), v
+
+    def forward(self, x: Tensor, ctx: AttentionContext, slot: int) -> Tensor:
+        B, S, _ = x.shape
+        q, k, v = self.heads(x, ctx.rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, hd)
         mask, is_causal = ctx.mask, ctx.is_causal
         if ctx.cache is not None:
