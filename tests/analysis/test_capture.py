@@ -166,7 +166,21 @@ def test_generation_capture_keeps_the_selected_prompt_positions_and_steps(refere
     assert torch.equal(part.forwards[0], full.forwards[0][:, [0, 5]][:, :, [1, 3]])
     assert torch.equal(part.forwards[1], full.forwards[1][:, :, [1, 3]])
     with pytest.raises(HuginnError, match="forward"):
-        capture_generation(reference_model, ids, Depth(4), Stopping(3), Selection(layers=True))
+        capture_generation(reference_model, ids, Depth(4), Stopping(3), Selection(attention=[(1, 0)]))
+
+
+def test_generation_capture_keeps_core_layer_outputs(reference_model, expected):
+    ids = expected["input_ids"][:1, -6:]
+    depth = Depth(4, init_scale=0.0)
+    plain = capture_generation(reference_model, ids, depth, Stopping(3))
+    cap = capture_generation(reference_model, ids, depth, Stopping(3), Selection(steps=[1, 3], layers=[0, 3]))
+    assert torch.equal(cap.sequences, plain.sequences) and cap.layer_outputs is not None
+    assert [t.shape for t in cap.layer_outputs] == [(1, 6, 2, 2, 64), (1, 1, 2, 2, 64), (1, 1, 2, 2, 64)]
+    for f in range(3):  # the core's last layer writes the state of its step
+        assert torch.equal(cap.layer_outputs[f][:, :, :, 1], plain.forwards[f][:, :, [0, 2]])
+    # the prefill's layers are those of a forward capture of the prompt
+    fwd = capture(reference_model, ids, 4, Selection(steps=[1, 3], layers=[0, 3]), init_scale=0.0)
+    assert fwd.layers is not None and torch.equal(cap.layer_outputs[0], fwd.layers)
 
 
 def _left_padded(expected):

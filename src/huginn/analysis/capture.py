@@ -297,6 +297,9 @@ class GenerationCapture:
     steps: Tensor  # (T,) kept steps, 1-based
     forwards: list[Tensor]  # forward f: (B, P_f, T_f, d), the kept steps it ran (P_0 = P, then 1)
     lens: list[Tensor] | None = None  # forward f: (B, P_f, T_f, V) fp32 logit lens, when asked for
+    # forward f: (B, P_f, T_f, L, d) outputs of the selected core layers, when asked for (a row that
+    # exited keeps its state, but its layers still run on it: `compute_steps` says which steps count)
+    layer_outputs: list[Tensor] | None = None
 
     def token_states(self, f: int, row: int = 0) -> Tensor:
         """(T_taken, d): the states of forward `f`'s last position in `row`, at the kept steps that
@@ -315,8 +318,13 @@ class _GenerationObserver:
     coda attends to when the token is decoded), in one uncached coda call: the generation's cache
     is left alone."""
 
-    def __init__(self, model, prompt: Tensor, mask: Tensor | None, positions, steps, interventions, lens: bool):
+    def __init__(
+        self, model, prompt: Tensor, mask: Tensor | None, positions, steps, interventions, lens: bool, layers=()
+    ):
         self.model, self.S = model, prompt.shape[1]
+        self.layers = list(layers)
+        self.layer_forwards: list[list[Tensor]] = []
+        self.pending: Tensor | None = None  # (B, S, L, d) the selected core layers' outputs of this step
         self.mask = mask if mask is not None and not bool(mask.all()) else None
         self.index = torch.tensor(positions, device=prompt.device)
         self.column = {t: i for i, t in enumerate(steps)}
@@ -332,6 +340,7 @@ class _GenerationObserver:
                 self.finals = self.last if self.finals is None else torch.cat([self.finals, self.last], dim=1)
             self.forwards.append([])
             self.logits.append([])
+            self.layer_forwards.append([])
         f = len(self.forwards) - 1
         offset = 0 if f == 0 else self.S + f - 1
         changed = apply_all(self.interventions, step, state, offset) if self.interventions else None
@@ -342,7 +351,26 @@ class _GenerationObserver:
             self.forwards[-1].append((state[:, self.index] if f == 0 else state).to("cpu", copy=True))
             if self.lens:
                 self.logits[-1].append(self._lens(f, state).cpu())
+            if self.pending is not None:
+                self.layer_forwards[-1].append((self.pending[:, self.index] if f == 0 else self.pending).cpu())
+        self.pending = None
         return None if changed is None else (changed, False)
+
+    def run(self, blocks: nn.ModuleList, x: Tensor, ctx: AttentionContext, slots: list[int]) -> Tensor:
+        """`run_blocks`, keeping the selected core layers' outputs of a kept step until the observer
+        files them with the step's state."""
+        if not slots or not self.layers:
+            return run_blocks(blocks, x, ctx, slots)
+        part, step0, _ = self.model.slots.locate(slots[0])
+        if part != "core" or step0 + 1 not in self.column:
+            return run_blocks(blocks, x, ctx, slots)
+        outs = []
+        for j, (block, slot) in enumerate(zip(blocks, slots)):
+            x = block(x, ctx, slot)
+            if j in self.layers:
+                outs.append(x)
+        self.pending = torch.stack(outs, dim=2)
+        return x
 
     def _lens(self, f: int, state: Tensor) -> Tensor:
         if f == 0:
@@ -374,17 +402,20 @@ def capture_generation(
     """`huginn.infer.generate.generate(model, input_ids, depth, stopping, ...)` with an observer that
     keeps the state of the selected prompt positions (prefill) and of every new token at the
     selected steps, and with `select.lens` the logit lens of each (see `_GenerationObserver`).
-    Per-layer outputs and attention are forward-only (`capture`). Intervention positions are
-    absolute: prompt positions, then prompt_length + i for new token i."""
+    With `select.layers`, the selected core layers' outputs at the kept steps too. Attention
+    probabilities are forward-only (`capture` on the finished sequence: cached equals uncached).
+    Intervention positions are absolute: prompt positions, then prompt_length + i for new token i."""
     from huginn.infer.generate import generate
 
-    if select.layers or select.attention:
-        raise HuginnError("layers and attention are captured in a forward; use capture() on the text")
+    if select.attention:
+        raise HuginnError("attention probabilities are captured in a forward; use capture() on the finished sequence")
     B, S = input_ids.shape
     if S == 0:
         raise HuginnError("the prompt is empty; pass at least one token")
-    positions, steps, _ = select.resolve(S, depth.num_steps, model.model_config.n_layers_in_recurrent_block)
-    observe = _GenerationObserver(model, input_ids, attention_mask, positions, steps, interventions, select.lens)
+    positions, steps, layers = select.resolve(S, depth.num_steps, model.model_config.n_layers_in_recurrent_block)
+    observe = _GenerationObserver(
+        model, input_ids, attention_mask, positions, steps, interventions, select.lens, layers
+    )
     gen = generate(
         model,
         input_ids,
@@ -393,8 +424,11 @@ def capture_generation(
         attention_mask=attention_mask,
         generator=generator,
         observer=observe,
+        run=observe.run if layers else None,
         **generate_kwargs,
     )
+
+    d = model.model_config.n_embd
 
     def stack(per_forward: list[list[Tensor]], width: int) -> list[Tensor]:
         return [
@@ -410,4 +444,10 @@ def capture_generation(
         steps=torch.tensor(steps, dtype=torch.long),
         forwards=stack(observe.forwards, model.model_config.n_embd),
         lens=stack(observe.logits, model.lm_head.out_features) if select.lens else None,
+        layer_outputs=[
+            torch.stack(f, dim=2) if f else torch.empty(B, len(positions) if i == 0 else 1, 0, len(layers), d)
+            for i, f in enumerate(observe.layer_forwards)
+        ]
+        if layers
+        else None,
     )

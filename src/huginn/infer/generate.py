@@ -115,6 +115,7 @@ def run_tokens(
     generator: torch.Generator | None = None,
     compiled: bool | FrozenGraph = False,
     observer: StepHook | None = None,
+    run: BlockRunner | None = None,
 ) -> TokenResult:
     """One forward of `ids` (B, S) through prelude, recurrence (fixed or adaptive) and coda, with the cache.
     `attention_mask` (B, past + S) is needed only when some rows are padded; `active` (B,) marks rows
@@ -122,13 +123,14 @@ def run_tokens(
     through `huginn.infer.compiled` where it can (no frozen rows, no `skip` lookup): at fixed depth
     the whole token is one graph (a `FrozenGraph` where given). `observer`: a `recur` hook called
     after every core step, after the exits froze their rows (capture, interventions); it turns
-    compilation off."""
+    compilation off, as does `run`, a `BlockRunner` for every group of blocks (capture of the core's
+    layer outputs)."""
     B, S = ids.shape
     adaptive = depth.criterion is not None
     ctx = model.context(B, S, attention_mask, None, cache)
-    run: BlockRunner = run_blocks
-    if observer is not None:
+    if observer is not None or run is not None:
         compiled = False
+    run = run or run_blocks
     if compiled is not False and can_compile(cache, S, freezes_rows=active is not None or (adaptive and B > 1)):
         if not adaptive:  # the whole token is one graph
             graph = compiled if isinstance(compiled, FrozenGraph) else None
@@ -285,11 +287,12 @@ def prefill(
     mask: Tensor | None,
     generator=None,
     observer: StepHook | None = None,
+    run: BlockRunner | None = None,
 ) -> TokenResult:
     """The prompt's forward, as one token (at full depth when `depth.exit_in_prefill` is off)."""
     if not depth.exit_in_prefill:
         depth = replace(depth, criterion=None)
-    return run_tokens(model, input_ids, cache, depth, mask, generator=generator, observer=observer)
+    return run_tokens(model, input_ids, cache, depth, mask, generator=generator, observer=observer, run=run)
 
 
 def decode_one_token(
@@ -302,11 +305,12 @@ def decode_one_token(
     generator=None,
     compiled: bool | FrozenGraph = False,
     observer: StepHook | None = None,
+    run: BlockRunner | None = None,
 ) -> TokenResult:
     """The forward of the tokens `tok` (B,) just pushed to `out` (`last`: the previous token's result)."""
     states = last.latents if depth.continuous else None
     active = out.running if depth.criterion is not None and tok.shape[0] > 1 else None
-    return run_tokens(model, tok[:, None], cache, depth, out.mask, states, active, generator, compiled, observer)
+    return run_tokens(model, tok[:, None], cache, depth, out.mask, states, active, generator, compiled, observer, run)
 
 
 @torch.no_grad()  # decoding never needs gradients (and huginn's decoding kernel has none)
@@ -323,6 +327,7 @@ def generate(
     generator: torch.Generator | None = None,
     compile: bool | str = False,
     observer: StepHook | None = None,
+    run: BlockRunner | None = None,
 ) -> Generation:
     """Autoregressive generation: prefill, then one token at a time until every row stops.
     `compile=True` decodes through compiled graphs (`huginn.infer.compiled`): one per token at fixed
@@ -330,17 +335,20 @@ def generate(
     (`FrozenGraph`: fastest for bf16 on CPUs with AMX; rebuilt when the weights change).
     `observer(step, state, previous)`: called after every core step of every forward (the prefill,
     then each token; step 1 begins a forward), after exits froze their rows; it may return
-    `(state, stop)` to replace the state (see `huginn.model.recurrence`). It disables compilation."""
+    `(state, stop)` to replace the state (see `huginn.model.recurrence`). `run`: the `BlockRunner`
+    every group of blocks runs through (default `run_blocks`). Either disables compilation."""
     if compile not in (False, True, "frozen"):
         raise HuginnError(f"compile={compile!r} is not a decoding mode; use False, True or 'frozen'")
     mask, cache = start(model, input_ids, attention_mask, stopping, depth.num_steps, policy, cache)
     out = Output(input_ids, mask, stopping, streamer)
-    res = prefill(model, input_ids, cache, depth, mask, generator, observer)
-    compiled = False if observer is not None else frozen_graph(model) if compile == "frozen" else bool(compile)
+    res = prefill(model, input_ids, cache, depth, mask, generator, observer, run)
+    if observer is not None or run is not None:
+        compile = False
+    compiled = frozen_graph(model) if compile == "frozen" else bool(compile)
     # a frozen graph holds its own packed weights, so the column-major layout is for `compile=True` only
     with decode_layout(model) if compile is True else nullcontext():
         while out.push(next_token(res.logits, out.sequences, sampling, generator, out.seen_mask), res.steps):
-            res = decode_one_token(model, out.last, cache, depth, out, res, generator, compiled, observer)
+            res = decode_one_token(model, out.last, cache, depth, out, res, generator, compiled, observer, run)
     return out.result(cache)
 
 
