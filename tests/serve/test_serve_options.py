@@ -188,6 +188,7 @@ def test_serve_refuses_a_missing_checkpoint(tmp_path, capsys):
         (dict(cache="latest", draft_steps=2), "--draft-steps (self-speculative decoding) is not available"),
         (dict(cache="latest", init_scale=1.0), "--engine vllm runs a zero initial state"),
         (dict(cache="latest", init_scale=0.0), "full"),
+        (dict(cache="latest", parallel=True), "--parallel (the parallel sampler) is not available"),
     ],
 )
 def test_generate_engine_vllm_flags(opts, result):
@@ -197,3 +198,11 @@ def test_generate_engine_vllm_flags(opts, result):
         with pytest.raises(HuginnError) as info:
             check_generate_flags(opts, n_core_layers=4)
         assert str(info.value).startswith(result)
+
+
+def test_generate_command_takes_engine_vllm(capsys):
+    # the flag reaches the vLLM path through click: its flag check answers before vLLM is needed
+    fixture = str(REPO / "tests" / "fixtures" / "huginn-reference-tiny")
+    code, _, err = run_main(["generate", fixture, "x", "--engine", "vllm", "--exit", "kl:5e-4"], capsys)
+    assert code == 2 and "--exit (adaptive compute) is not available with --engine vllm" in err
+    assert err.count("\n") == 1

@@ -86,9 +86,9 @@ def analyze(checkpoint, text, num_steps, out, threshold, tail, tokens, seed, ini
 
     from huginn.analysis.analyze import analyze_text
     from huginn.analysis.report import summary, write_report
-    from huginn.cli.generate import _load
+    from huginn.cli.generate import load
 
-    model, tok = _load(checkpoint, tokenizer_dir, dtype)
+    model, tok = load(checkpoint, tokenizer_dir, dtype)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise HuginnError("the text is empty after tokenization; pass some text")

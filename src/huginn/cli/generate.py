@@ -2,6 +2,7 @@
 
     huginn generate CHECKPOINT "prompt" [--num-steps N] [--exit kl:5e-4] [--cache compress-s16]
                     [--continuous] [--stream] [--draft-steps K] [--tokenizer DIR] ...
+                    [--parallel [--wavefront W] [--inner-recurrence R] [--freeze-threshold T]]
     huginn chat CHECKPOINT [--tokenizer DIR] [--system TEXT] ...
 
 Both print text to stdout only (no files, so nothing partial is left behind) and the compute spent
@@ -23,7 +24,9 @@ import click
 from huginn.errors import HuginnError
 
 
-def _load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
+def load(checkpoint: str, tokenizer_dir: str | None, dtype: str):
+    """(model, tokenizer) of a checkpoint folder, with one-line errors; what every command that
+    runs a checkpoint on text loads it with."""
     import torch
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -66,13 +69,33 @@ def _parse(
     init_scale,
     compile,
     freeze,
+    parallel=False,
+    wavefront=None,
+    inner_recurrence=None,
+    freeze_threshold=None,
     **_,
 ):
     """The flags as `GenerationOptions`, parsed once, before anything loads (fail fast, one line);
     checked against the model by `generate_with`."""
     from huginn.infer.options import CacheSpec, ExitRule, GenerationOptions
+    from huginn.infer.parallel import ParallelSampling
     from huginn.infer.sampling import Sampling
     from huginn.infer.speculative import Speculation
+
+    knobs = {"wavefront": wavefront, "inner_steps": inner_recurrence, "freeze_threshold": freeze_threshold}
+    sampler = None
+    if parallel:
+        # --continuous: new positions start from the previous position's state (the reference's meaning)
+        init = {"init": "previous"} if continuous else {}
+        sampler = ParallelSampling(**{k: v for k, v in knobs.items() if v is not None}, **init)
+        continuous = False
+    elif any(v is not None for v in knobs.values()):
+        flag = {
+            "wavefront": "--wavefront",
+            "inner_steps": "--inner-recurrence",
+            "freeze_threshold": "--freeze-threshold",
+        }
+        raise HuginnError(f"{flag[next(k for k, v in knobs.items() if v is not None)]} needs --parallel")
 
     sampling = Sampling(
         do_sample=temperature > 0,
@@ -91,6 +114,7 @@ def _parse(
         init_scale=init_scale,
         speculative=Speculation(draft_steps, lookahead) if draft_steps else None,
         compile="frozen" if freeze else compile,
+        parallel=sampler,
     )
 
 
@@ -174,6 +198,30 @@ FLAGS = [
         is_flag=True,
         help="Compiled decoding with the weights compiled in as constants: fastest for --dtype bfloat16 on CPUs with AMX (implies --compile; compiling takes 1-2 min).",
     ),
+    click.option(
+        "--parallel",
+        is_flag=True,
+        help="Parallel (diffusion-forcing) sampler: refine a wavefront of positions together, a new token every forward.",
+    ),
+    click.option(
+        "--wavefront",
+        type=click.IntRange(min=1),
+        default=None,
+        help="With --parallel: positions advanced together (default 16; 1 = one token at a time).",
+    ),
+    click.option(
+        "--inner-recurrence",
+        type=click.IntRange(min=1),
+        default=None,
+        help="With --parallel: core steps per forward (default 4; must divide --num-steps).",
+    ),
+    click.option(
+        "--freeze-threshold",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="With --parallel: freeze a position once its relative latent change per forward is below this "
+        "(default 0.03; 0 = only after --num-steps steps).",
+    ),
 ]
 
 
@@ -191,7 +239,21 @@ def _report(out, n_new: int, seconds: float) -> None:
         msg += f"; core steps/token mean {steps.float().mean():.1f} (min {int(steps.min())}, max {int(steps.max())})"
     if "acceptance_rate" in out.extras:
         msg += f"; draft acceptance {out.extras['acceptance_rate']:.0%}"
+    if "forwards" in out.extras and n_new > 0:
+        msg += parallel_cost(out.extras, n_new, int(out.compute_steps[0, 0]))
     click.echo(msg + "]", err=True)
+
+
+def parallel_cost(extras: dict, n_new: int, num_steps: int) -> str:
+    """The parallel sampler's cost against one token at a time: forwards per token, and how many
+    core steps run one after another (the prompt's forward, then inner steps per forward) against
+    sequential decoding's num_steps per token."""
+    forwards, serial = extras["forwards"], extras["core_passes"]
+    sequential = n_new * num_steps  # the prompt's forward plus one forward of num_steps per later token
+    return (
+        f"; parallel: {forwards} forwards, {forwards / n_new:.2f}/token (one at a time: 1.00); "
+        f"{serial} core steps in sequence against {sequential}, x{sequential / max(serial, 1):.2f}"
+    )
 
 
 class _Streamer:
@@ -222,13 +284,27 @@ class _Streamer:
 @click.argument("checkpoint")
 @click.argument("prompt")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
+@click.option(
+    "--engine",
+    type=click.Choice(["huginn", "vllm"]),
+    default="huginn",
+    show_default=True,
+    help="vllm: generate through vLLM (the vllm extra): fixed depth, zero initial state, --cache full or compress-sR.",
+)
 @_flags
-def generate(checkpoint, prompt, stream, tokenizer_dir, dtype, **opts):
+def generate(checkpoint, prompt, stream, engine, tokenizer_dir, dtype, **opts):
     """Generate a continuation of PROMPT with the checkpoint in CHECKPOINT."""
     import torch
 
+    if engine == "vllm":
+        from huginn.serve.server import generate_for_cli
+
+        text, n_new, seconds, steps = generate_for_cli(checkpoint, prompt, tokenizer_dir, dtype, stream, opts)
+        click.echo(prompt + text)
+        click.echo(f"[{n_new} tokens in {seconds:.2f}s through vLLM, {steps} core steps/token]", err=True)
+        return
     options = _parse(**opts)
-    model, tok = _load(checkpoint, tokenizer_dir, dtype)
+    model, tok = load(checkpoint, tokenizer_dir, dtype)
     ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.long)
     if ids.shape[1] == 0:
         raise HuginnError("the prompt is empty after tokenization; pass some text")
@@ -253,7 +329,7 @@ def chat(checkpoint, system, tokenizer_dir, dtype, **opts):
     import torch
 
     options = _parse(**opts)
-    model, tok = _load(checkpoint, tokenizer_dir, dtype)
+    model, tok = load(checkpoint, tokenizer_dir, dtype)
     if not getattr(tok, "chat_template", None):
         raise HuginnError(
             "the tokenizer has no chat template; pass --tokenizer DIR with one (or use `huginn generate`)"

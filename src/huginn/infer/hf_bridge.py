@@ -6,7 +6,9 @@ Accepted besides a `GenerationConfig` and its fields: the option keywords (`opti
 `num_steps`, `init_scale`, `criterion`, `exit_threshold`, `exit_evaluator`, `min_steps`,
 `check_criterion_every_n_steps`, `do_not_exit_in_prefill`, `continuous_compute`,
 `cache_lookup_strategy` / `cache_kwargs={"lookup_strategy": ...}`, `draft_steps`,
-`lookahead_for_draft`, `verification_threshold`, `compile`) and the inputs `attention_mask`,
+`lookahead_for_draft`, `verification_threshold`, `compile`; the parallel sampler's `sampler`,
+`wavefront` / `max_wavefront`, `inner_recurrence`, `freeze_threshold` / `exit_t`,
+`freeze_strategy`, `state_noise_mixing`, `headway`) and the inputs `attention_mask`,
 `streamer`, `tokenizer` (for `stop_strings`), `generator`, `use_cache` (True: generation always
 caches) and `past_key_values` (an empty `HuginnStaticCache` to decode into).
 Unknown keywords, and generation-config fields this code does not implement (`num_return_sequences`,
@@ -69,10 +71,14 @@ CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(GenerateDecoderOnlyO
 
 @dataclass
 class HuginnGenerateOutput(GenerateDecoderOnlyOutput):
-    """transformers' decoder-only output plus `compute_steps` (B, new_tokens) and speculative stats."""
+    """transformers' decoder-only output plus `compute_steps` (B, new_tokens), speculative stats and
+    the parallel sampler's cost (`forwards`: model forwards, the prompt's included; `sampler_stats`:
+    core_passes, position_steps, early_freezes)."""
 
     compute_steps: Tensor | None = None
     acceptance_rate: float | None = None
+    forwards: int | None = None
+    sampler_stats: dict | None = None
 
     if CACHE_FIELD == "cache":
 
@@ -190,6 +196,11 @@ def _output(gc: GenerationConfig, result: Generation):
         return result.sequences
     # the cache goes under the installed version's field name (typed as tuples there, hence Any)
     fields_: dict[str, Any] = {"sequences": result.sequences, CACHE_FIELD: result.cache}
+    stats = {k: v for k, v in result.extras.items() if k in ("core_passes", "position_steps", "early_freezes")}
     return HuginnGenerateOutput(
-        **fields_, compute_steps=result.compute_steps, acceptance_rate=result.extras.get("acceptance_rate")
+        **fields_,
+        compute_steps=result.compute_steps,
+        acceptance_rate=result.extras.get("acceptance_rate"),
+        forwards=result.extras.get("forwards"),
+        sampler_stats=stats or None,
     )

@@ -4,7 +4,8 @@
 flags (`huginn.cli.generate`), from `model.generate(**kwargs)` and the reference's strings
 (`from_kwargs`, called by `huginn.infer.hf_bridge`). `for_model` checks it against the model's
 config once (a `latest-mN` cache string must name the model's core size; the default depth is its
-`mean_recurrence`), and `generate_with` runs it: plain, adaptive or speculative decoding.
+`mean_recurrence`), and `generate_with` runs it: plain, adaptive, speculative decoding or the
+parallel (diffusion-forcing) sampler (`huginn.infer.parallel`, `sampler="parallel"`).
 
 `init_scale` is None by default at every entry point: the model's `state_init_scale` (1.0 for
 published checkpoints, the reference's default); 0 gives a zero initial state (deterministic).
@@ -25,6 +26,7 @@ from huginn.errors import HuginnError
 from huginn.infer.exits import ExitCriterion, make_criterion, parse_exit
 from huginn.infer.generate import Depth, Generation, Stopping, generate
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
+from huginn.infer.parallel import ParallelSampling, check_parallel, parallel_generate
 from huginn.infer.sampling import Sampling
 from huginn.infer.speculative import Speculation, check_speculative, speculative_generate
 from huginn.model.recurrent import check_init_scale, normalize_steps
@@ -136,6 +138,7 @@ class GenerationOptions:
     init_scale: float | None = None  # None: the model's state_init_scale; 0: a zero initial state
     speculative: Speculation | None = None
     compile: Literal[False, True, "frozen"] = False
+    parallel: ParallelSampling | None = None  # the diffusion-forcing sampler (huginn.infer.parallel)
 
     def __post_init__(self) -> None:
         if self.num_steps is not None:
@@ -144,6 +147,13 @@ class GenerationOptions:
         _flag("continuous_compute", self.continuous)
         if self.compile not in (False, True, "frozen"):
             raise HuginnError(f"compile={self.compile!r} is not a decoding mode; use False, True or 'frozen'")
+        if self.parallel is not None:
+            check_parallel(self.exit.adaptive, self.sampling, self.compile, self.speculative is not None)
+            if self.continuous:
+                raise HuginnError(
+                    "with the parallel sampler, continuous state is its init='previous' "
+                    "(ParallelSampling(init='previous')); drop continuous"
+                )
         if self.speculative is not None:
             check_speculative(self.exit.adaptive, self.continuous, self.sampling, self.compile)
 
@@ -168,15 +178,20 @@ class GenerationOptions:
             speculative = Speculation(
                 get("draft_steps"), get("lookahead_for_draft", 4), get("verification_threshold", 1.0)
             )
+        parallel = _parallel(kwargs)
+        continuous = get("continuous_compute", False)
+        if parallel is not None and _flag("continuous_compute", continuous):
+            parallel, continuous = replace(parallel, init="previous"), False  # the reference's meaning there
         return cls(
             num_steps=None if steps is None else sum(normalize_steps(steps, 1)),  # no gradients: a pair is its total
             exit=exit,
             cache=CacheSpec.parse(_cache_string(kwargs)),
             sampling=sampling,
-            continuous=get("continuous_compute", False),
+            continuous=continuous,
             init_scale=get("init_scale"),
             speculative=speculative,
             compile=get("compile", False),
+            parallel=parallel,
         )
 
     def for_model(self, config) -> GenerationOptions:
@@ -184,6 +199,8 @@ class GenerationOptions:
         self.cache.check(config.n_layers_in_recurrent_block)
         n = self.num_steps or config.mean_recurrence
         spec = self.speculative.for_depth(n) if self.speculative is not None else None
+        if self.parallel is not None:
+            self.parallel.check_depth(n)
         return replace(self, num_steps=n, speculative=spec)
 
     def depth(self) -> Depth:
@@ -195,6 +212,17 @@ class GenerationOptions:
         )
 
 
+# the parallel sampler's knobs (the reference routes to its diffusion sampler on some of them)
+PARALLEL_KWARGS = (
+    "wavefront",
+    "max_wavefront",
+    "inner_recurrence",
+    "freeze_threshold",
+    "exit_t",
+    "freeze_strategy",
+    "state_noise_mixing",
+    "headway",
+)
 KWARGS = (
     "num_steps",
     "init_scale",
@@ -211,7 +239,44 @@ KWARGS = (
     "lookahead_for_draft",
     "verification_threshold",
     "compile",
+    "sampler",
+    *PARALLEL_KWARGS,
 )
+SAMPLERS = ("sequential", "parallel")
+FREEZE_STRATEGIES = ("latent-diff", "fixed")
+
+
+def _parallel(kwargs: dict[str, Any]) -> ParallelSampling | None:
+    """`sampler="parallel"` and its knobs (ours or the reference's names), or None."""
+    sampler = kwargs.get("sampler", "sequential")
+    if sampler not in SAMPLERS:
+        raise HuginnError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+    given = sorted(k for k in PARALLEL_KWARGS if k in kwargs)
+    if sampler == "sequential":
+        if given and "sampler" in kwargs:
+            raise HuginnError(f"{', '.join(given)} apply to sampler='parallel', not 'sequential'")
+        if not given:
+            return None
+    for ours, theirs in (("wavefront", "max_wavefront"), ("freeze_threshold", "exit_t")):
+        if ours in kwargs and theirs in kwargs:
+            raise HuginnError(f"{ours} and {theirs} are the same knob; pass one")
+    if kwargs.get("headway", 1) != 1:
+        raise HuginnError(f"headway must be 1 (one new position per forward), got {kwargs['headway']!r}")
+    strategy = kwargs.get("freeze_strategy", "latent-diff")
+    if strategy not in FREEZE_STRATEGIES:
+        raise HuginnError(f"unknown freeze_strategy {strategy!r}; valid: {', '.join(FREEZE_STRATEGIES)}")
+    threshold = kwargs.get("freeze_threshold", kwargs.get("exit_t", 0.03))
+    if strategy == "fixed":
+        if "freeze_threshold" in kwargs or "exit_t" in kwargs:
+            raise HuginnError("freeze_strategy='fixed' freezes at num_steps only; drop freeze_threshold")
+        threshold = None
+    default = ParallelSampling()
+    return ParallelSampling(
+        wavefront=kwargs.get("wavefront", kwargs.get("max_wavefront", default.wavefront)),
+        inner_steps=kwargs.get("inner_recurrence", default.inner_steps),
+        freeze_threshold=threshold,
+        noise_mixing=kwargs.get("state_noise_mixing", default.noise_mixing),
+    )
 
 
 def _cache_string(kwargs: dict[str, Any]) -> str | CachePolicy | None:
@@ -237,13 +302,21 @@ def generate_with(
     streamer=None,
     generator: torch.Generator | None = None,
 ) -> Generation:
-    """Generate with `options`, checked against the model first: speculative decoding where they
-    ask for it, else plain or adaptive. `cache`: an empty cache to decode into (its own policy)."""
+    """Generate with `options`, checked against the model first: speculative decoding or the
+    parallel sampler where they ask for it, else plain or adaptive. `cache`: an empty cache to
+    decode into (its own policy)."""
     opts = options.for_model(model.model_config)
     if cache is not None and opts.cache != CacheSpec():
         raise HuginnError(f"pass a cache or a cache policy ({opts.cache}), not both")
     policy = None if cache is not None else opts.cache.policy
     depth = opts.depth()
+    if opts.parallel is not None:
+        # the default spec ("latest") means the sampler's own default there: compress-sR (KV sharing)
+        policy = None if opts.cache == CacheSpec() else policy
+        return parallel_generate(
+            model, input_ids, depth, stopping, opts.parallel, opts.sampling, attention_mask, policy, cache,
+            streamer, generator,
+        )  # fmt: skip
     if opts.speculative is not None:
         return speculative_generate(
             model, input_ids, depth, stopping, opts.speculative, opts.sampling, attention_mask, policy, cache,

@@ -70,6 +70,12 @@ def next_token(
         logits = apply_repetition_penalty(logits, seen, sampling.repetition_penalty, seen_mask)
     if not sampling.do_sample:
         return logits.argmax(dim=-1)
+    return torch.multinomial(filtered_probs(logits, sampling), 1, generator=generator).squeeze(-1)
+
+
+def filtered_probs(logits: Tensor, sampling: Sampling) -> Tensor:
+    """(B, V) the distribution sampling draws from: temperature, softmax, top-k, top-p, min-p, in
+    that order, renormalised (the parallel sampler draws from it with each position's fixed noise)."""
     logits = logits.float()
     if sampling.temperature:
         logits = logits / sampling.temperature
@@ -84,5 +90,4 @@ def next_token(
         probs = probs.masked_fill(remove.scatter(1, order, remove), 0.0)
     if sampling.min_p:
         probs = torch.where(probs < sampling.min_p * probs.amax(dim=-1, keepdim=True), torch.zeros_like(probs), probs)
-    probs = probs / probs.sum(dim=-1, keepdim=True).clamp(min=1e-10)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return probs / probs.sum(dim=-1, keepdim=True).clamp(min=1e-10)

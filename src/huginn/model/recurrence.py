@@ -7,11 +7,11 @@ is passed in, never written into a copy of the loop:
 - `Schedule`: how many steps run without gradients, how many with, and whether each gradient step
   is activation-checkpointed (truncated backprop and memory, for training);
 - `limit`: per-row (B,) or per-position (B, S) step counts; a row or position whose count is reached
-  keeps its state while the others iterate on (the parallel sampler, rows that exited);
+  keeps its state while the others iterate on (rows that exited);
 - `hook(step, state, previous)`: called after every step (1-based count) with the new and the
   previous state; it may return `(state, stop)` to replace the state (freeze rows, intervene) and to
-  end the recurrence early (adaptive exits), or None to change nothing. Capture, interventions,
-  exit criteria and the parallel sampler's freezing attach here.
+  end the recurrence early (adaptive exits), or None to change nothing. Capture, interventions
+  and exit criteria attach here.
 
 With neither a hook nor a limit the loop is the plain `for` over `step_fn`, which is what a
 compiled graph traces. Non-goals: choosing the depth (callers pass it), caches (the step function

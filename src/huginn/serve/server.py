@@ -231,6 +231,7 @@ UNSUPPORTED_WITH_VLLM = {
     "draft_steps": (None, "--draft-steps (self-speculative decoding)"),
     "compile": (False, "--compile (vLLM compiles on its own)"),
     "freeze": (False, "--freeze"),
+    "parallel": (False, "--parallel (the parallel sampler)"),
 }
 
 
