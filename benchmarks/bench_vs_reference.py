@@ -12,24 +12,27 @@ transformers 4.56.2 (it breaks on 5.x). Set-up, once:
 Then:
 
     .venv/bin/python benchmarks/bench_vs_reference.py --reference /tmp/recurrent-pretraining \
-        [--ref-python .venv-ref/bin/python] [--rounds 3] [--cases train-fp32,train-bf16,...]
+        [--ref-python .venv-ref/bin/python] [--rounds 3] [--cases train-fp32,train-bf16,...] \
+        [--baseline /tmp/base/src]     # also an older tree's huginn (baseline-*), to measure a change
 
 huginn writes one random checkpoint of the 2+4+2 width-256 shape (4 heads, GLU 768, vocab 4096) in
 the published format; both implementations load it. Every measurement runs in a fresh process (so
-peak memory is per case) with 2 threads, and the rounds interleave the two implementations case by
+peak memory is per case) with 2 threads (`--threads`), and the rounds interleave the two implementations case by
 case, so a slow phase of a shared host hits both alike; each contender keeps its best round.
 
 Cases (tokens/s unless stated):
 - train-fp32 / train-bf16: one optimizer step on 4 x 256 tokens, 4 no-grad + 4 grad core steps,
   AdamW; the bf16 case runs both under `torch.autocast("cpu", dtype=torch.bfloat16)` with fp32
-  weights. huginn is measured twice: the model's forward with `labels` from a user's loop
+  weights. huginn is measured three ways: the model's forward with `labels` from a user's loop
   (`huginn-forward`, as the HF Trainer calls it) and `huginn train`'s own step (`huginn-train`:
-  chunked loss, fused AdamW).
+  chunked loss, fused AdamW), and that step with every block compiled (`huginn-compiled`,
+  `train.compile: true`).
 - prefill: one 512-token prompt through the model at 8 steps, no gradients.
 - decode: batch 1, 32-token prompt, 64 new tokens at 8 steps, greedy; the reference through its
   model card's `generate`; huginn eager, `compile=True` (fp32) and `compile="frozen"` in bf16.
 - memory: peak resident memory above the loaded model of one fp32 training step at 32 no-grad +
-  8 grad steps (MiB; lower is better).
+  8 grad steps (MiB; lower is better), with glibc's mmap threshold fixed so that resident memory
+  follows the live tensors (see `run_one`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,7 +127,8 @@ def load_reference(ckpt: Path, repo: Path):
 
 
 def load_huginn(ckpt: Path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    # HUGINN_SRC: another tree's `src` (the `--baseline` contenders), else this checkout's
+    sys.path.insert(0, os.environ.get("HUGINN_SRC") or str(Path(__file__).resolve().parents[1] / "src"))
     from huginn import RavenForCausalLM
 
     return RavenForCausalLM.from_pretrained(ckpt)
@@ -140,9 +143,12 @@ def train_step_fn(impl: str, model, bf16: bool, steps: tuple[int, int]):
     x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()  # the reference `view`s its labels
     model.train()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-    if impl == "huginn-train":
-        from huginn.train.forward import TrainForward
+    if impl in ("huginn-train", "huginn-compiled"):
+        from huginn.train.forward import TrainForward, blocks
 
+        if impl == "huginn-compiled":  # `train.compile: true`: every block compiled (in the warm-up call)
+            for block in (*blocks(model, "prelude"), *blocks(model, "core_block"), *blocks(model, "coda")):
+                block.compile()
         fwd = TrainForward(model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         rows = torch.arange(BATCH)
@@ -192,10 +198,10 @@ def decode_fn(impl: str, model, mode: str):
 def worker(impl: str, case: str, ckpt: Path, repo: Path | None, repeats: int) -> dict:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     model = load_reference(ckpt, repo) if impl == "reference" else load_huginn(ckpt)  # type: ignore[arg-type]
     kind = impl.split(":")[1] if ":" in impl else ""
-    impl = impl.split(":")[0]
+    impl = impl.split(":")[0].replace("baseline-", "huginn-")  # the same measurement on the baseline tree
     if case in ("train-fp32", "train-bf16"):
         step = train_step_fn(impl, model, case == "train-bf16", STEPS)
         return {"value": BATCH * SEQ / _timed(step, repeats), "unit": "tok/s"}
@@ -226,16 +232,30 @@ def worker(impl: str, case: str, ckpt: Path, repo: Path | None, repeats: int) ->
 # --- the driver ---------------------------------------------------------------------------------------
 
 CONTENDERS = {
-    "train-fp32": ["reference", "huginn-forward", "huginn-train"],
-    "train-bf16": ["reference", "huginn-forward", "huginn-train"],
+    "train-fp32": ["reference", "huginn-forward", "huginn-train", "huginn-compiled"],
+    "train-bf16": ["reference", "huginn-forward", "huginn-train", "huginn-compiled"],
     "prefill": ["reference", "huginn-forward"],
     "decode": ["reference", "huginn-forward:eager", "huginn-forward:compiled", "huginn-forward:frozen-bf16"],
     "memory": ["reference", "huginn-forward", "huginn-train"],
 }
 
 
-def run_one(python: str, impl: str, case: str, ckpt: Path, repo: Path, repeats: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+BASELINE = ("huginn-forward", "huginn-train")  # the contenders `--baseline` repeats on the other tree
+
+
+def run_one(
+    python: str, impl: str, case: str, ckpt: Path, repo: Path, repeats: int, baseline: Path | None, threads: int
+) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    if case == "memory":
+        # a fixed mmap threshold: glibc then returns every freed large buffer at once, so resident
+        # memory follows the live tensors. With its default (a threshold that grows as buffers are
+        # freed) the heap keeps what the warm-up step freed, and the peak above it measured anything
+        # from 137 to 345 MiB for one contender across runs; fixed, it repeats within 1%. (Not for the
+        # timed cases: an mmap and page faults per buffer would slow them.)
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    if impl.startswith("baseline-") and baseline is not None:
+        env["HUGINN_SRC"] = str(baseline)
     cmd = [python, __file__, "--worker", impl, "--case", case, "--ckpt", str(ckpt), "--reference", str(repo)]
     cmd += ["--repeats", str(repeats)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
@@ -252,6 +272,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (best kept)")
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument(
+        "--threads", type=int, default=2, help="threads per worker (1 where other jobs hold a core: OpenMP spin-waits)"
+    )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another huginn tree's src/ (e.g. `git archive HEAD src | tar -x -C /tmp/base`): adds its "
+        "huginn contenders as baseline-*, interleaved with the rest, to measure a change in one run",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
@@ -267,11 +296,15 @@ def main() -> None:
     ckpt = Path(tempfile.mkdtemp()) / "ckpt"
     write_checkpoint(ckpt)
     best: dict[tuple[str, str], dict] = {}
+    contenders = {case: list(CONTENDERS[case]) for case in cases}
+    if args.baseline is not None:
+        for case in cases:
+            contenders[case] += [i.replace("huginn-", "baseline-") for i in CONTENDERS[case] if i in BASELINE]
     for r in range(args.rounds):
         for case in cases:
-            for impl in CONTENDERS[case]:
+            for impl in contenders[case]:
                 python = args.ref_python if impl == "reference" else sys.executable
-                res = run_one(python, impl, case, ckpt, args.reference, args.repeats)
+                res = run_one(python, impl, case, ckpt, args.reference, args.repeats, args.baseline, args.threads)
                 key = (case, impl)
                 print(f"round {r + 1} {case:10s} {impl:26s} {res}", flush=True)
                 if "error" in res:
@@ -279,12 +312,16 @@ def main() -> None:
                     continue
                 old = best.get(key)
                 lower = res.get("lower_is_better", False)
-                if old is None or "error" in old or (res["value"] < old["value"] if lower else res["value"] > old["value"]):
+                if (
+                    old is None
+                    or "error" in old
+                    or (res["value"] < old["value"] if lower else res["value"] > old["value"])
+                ):
                     best[key] = res
     print(f"\n{'case':11s} {'contender':26s} {'value':>10s}  unit    vs reference")
     for case in cases:
         ref = best.get((case, "reference"), {})
-        for impl in CONTENDERS[case]:
+        for impl in contenders[case]:
             res = best.get((case, impl), {})
             if "error" in res or not res:
                 print(f"{case:11s} {impl:26s} {'failed':>10s}  {res.get('error', '')}")
@@ -299,7 +336,9 @@ def main() -> None:
         if "value" in ref32 and "value" in ours:
             print(f"huginn-train bf16 against the reference in fp32: {ours['value'] / ref32['value']:.2f}x")
     shutil.rmtree(ckpt.parent, ignore_errors=True)
-    print(f"\nhost: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f} (other work on the host skews all figures)")
+    print(
+        f"\nhost: {os.cpu_count()} cpus, {args.threads} thread(s) per worker, load average {os.getloadavg()[0]:.1f} (other work on the host skews all figures)"
+    )
 
 
 if __name__ == "__main__":
