@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from huginn.config import ModelConfig
@@ -297,13 +296,10 @@ class RecurrentLM(nn.Module):
         self, state: Tensor, e: Tensor, ctx: AttentionContext, step: int, run: BlockRunner = run_blocks
     ) -> Tensor:
         """One iteration of the core: inject e into the state, run the core layers."""
-        if self.model_config.injection_type != "linear":
-            x = state + e
-        elif torch.compiler.is_compiling():
-            x = self.transformer.adapter(torch.cat([state, e], dim=-1))  # in a compiled graph: see `recur`
+        if self.model_config.injection_type == "linear":
+            x = self.transformer.adapter(torch.cat([state, e], dim=-1))
         else:
-            w = self.transformer.adapter.weight  # the same products as `recur`'s steps, which split it once
-            x = F.linear(state, w[:, : w.shape[0]]) + F.linear(e, w[:, w.shape[0] :])
+            x = state + e
         return run(self.transformer.core_block, x, ctx, self.slots.core(step))
 
     def recur(
@@ -319,24 +315,7 @@ class RecurrentLM(nn.Module):
     ) -> Recurrence:
         """The core iterated from `state` with `e` injected at every step: `huginn.model.recurrence.recur`
         over `core_step` (the one loop every caller uses; see that module for schedule, hook, limit)."""
-        if torch.compiler.is_compiling() or self.model_config.injection_type != "linear":
-            # a compiled graph (decoding) keeps `core_step` as is: inductor fuses the concatenation,
-            # and the adapter's own forward is what compiled decoding swaps for its packed kernel
-            return recur(lambda s, step: self.core_step(s, e, ctx, step, run), state, schedule, hook=hook, limit=limit)
-        # Eager: the linear injection adapter([s, e]) = s @ W_s^T + e @ W_e^T, W = [W_s | W_e] by
-        # input columns. e's half is the same at every step, so it is formed once here, and no step
-        # concatenates [s, e] (a (B, S, 2d) copy, which a gradient step also stored for the backward).
-        # The parameter stays one (d, 2d) matrix (names and checkpoint format as published); only the
-        # summation order of the product changes, and `core_step` forms the same two products.
-        w = self.transformer.adapter.weight
-        d = w.shape[0]
-        w_state, injected = w[:, :d], F.linear(e, w[:, d:])
-
-        def step_fn(s: Tensor, step: int) -> Tensor:
-            x = F.linear(s, w_state) + injected
-            return run(self.transformer.core_block, x, ctx, self.slots.core(step))
-
-        return recur(step_fn, state, schedule, hook=hook, limit=limit)
+        return recur(lambda s, step: self.core_step(s, e, ctx, step, run), state, schedule, hook=hook, limit=limit)
 
     def readout(self, state: Tensor, ctx: AttentionContext, run: BlockRunner = run_blocks) -> tuple[Tensor, Tensor]:
         """(hidden, latents): the coda's normalised output, which the head reads, and ln_f(state).

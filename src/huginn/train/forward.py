@@ -6,7 +6,7 @@
              through the one recurrence (`huginn.model.recurrence.recur`)
     loss   = chunked CE(head(ln_f(coda(ln_f(s)))), labels)
 
-It calls the model's step-level pieces (`context`, `embed`, `initialize_state`, `recur`) rather
+It calls the model's step-level pieces (`context`, `embed`, `initialize_state`, `core_step`) rather
 than `model.forward`, because the memory-efficient loss needs the hidden state before the head.
 Gradients reach the prelude and embedding only through the k grad steps' injections, as published.
 Non-goals: sampling the depth (`steps.py`), choosing the optimizer.
@@ -19,7 +19,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from huginn.model.recurrence import Schedule
+from huginn.model.recurrence import Schedule, recur
 from huginn.model.recurrent import RecurrentLM
 from huginn.train.loss import linear_cross_entropy
 
@@ -58,7 +58,7 @@ class TrainForward(nn.Module):
         e = m.embed(input_ids, ctx)
         state = self.initial_state(e, row_ids)
         schedule = Schedule(no_grad_steps, grad_steps, checkpoint=self.checkpoint_core)
-        state = m.recur(state, e, ctx, schedule).state  # e's injection part formed once, not per step
+        state = recur(lambda s, step: m.core_step(s, e, ctx, step), state, schedule).state
         return m.readout(state, ctx)[0]
 
     def forward(
