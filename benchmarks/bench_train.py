@@ -51,9 +51,10 @@ class PeakRSS:
             time.sleep(0.002)
 
     def stop(self) -> int:
+        """Bytes of the peak above `start()`, a last sample included."""
         self._stop = True
         self._t.join()
-        return self.peak - self.base
+        return max(self.peak, self.rss()) - self.base
 
 
 def step_worker(precision: str, steps: int, warmup: int, threads: int, chunk: int) -> dict:

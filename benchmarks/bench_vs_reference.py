@@ -44,42 +44,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from bench_train import PeakRSS  # this folder is on sys.path when a script here runs
 
 SHAPE = dict(n_layers_in_prelude=2, n_layers_in_recurrent_block=4, n_layers_in_coda=2, n_embd=256, n_heads=4)
 BATCH, SEQ, STEPS = 4, 256, (4, 4)
 PREFILL, DECODE_PROMPT, DECODE_NEW, DEPTH = 512, 32, 64, 8
 CASES = ("train-fp32", "train-bf16", "prefill", "decode", "memory")
-
-
-class PeakRSS:
-    """Samples this process's resident set size every 2 ms; `peak` is the maximum above `start()`."""
-
-    def __init__(self) -> None:
-        self.base = self.peak = 0
-        self._stop = False
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def start(self) -> None:
-        self.base = self.peak = self.rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop:
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.002)
-
-    def stop(self) -> float:
-        self._stop = True
-        self._thread.join()
-        return (max(self.peak, self.rss()) - self.base) / 2**20
 
 
 # --- the checkpoint --------------------------------------------------------------------------------
@@ -208,10 +181,9 @@ def worker(impl: str, case: str, ckpt: Path, repo: Path | None, repeats: int) ->
     if case == "memory":
         step = train_step_fn(impl, model, False, (32, 8))
         step()  # optimizer state and allocator pools exist before the measured step
-        rss = PeakRSS()
-        rss.start()
+        rss = PeakRSS().start()
         step()
-        return {"value": rss.stop(), "unit": "MiB", "lower_is_better": True}
+        return {"value": rss.stop() / 2**20, "unit": "MiB", "lower_is_better": True}
     if case == "prefill":
         model.eval()
         ids = torch.randint(0, 4096, (1, PREFILL))

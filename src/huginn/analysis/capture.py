@@ -256,12 +256,7 @@ def capture(
     ctx = model.context(B, S, attention_mask)
     recorder = _Recorder(model, ctx, select, S, positions, steps, layers, list(interventions), progress, total)
     e = model.embed(input_ids, ctx)
-    if input_states is None:
-        state = model.initialize_state(e, init_scale, generator)
-    else:
-        if input_states.shape != e.shape:
-            raise HuginnError(f"input_states has shape {tuple(input_states.shape)}, expected {tuple(e.shape)}")
-        state = input_states.to(e.dtype)
+    state = model.start_state(e, input_states, init_scale, generator)
     initial = recorder.pick(state).cpu()
     final = model.recur(state, e, ctx, Schedule.plain(total), hook=recorder.hook, run=recorder.run).state
     logits, _ = model.predict(final, ctx)

@@ -228,6 +228,11 @@ def run_task_cell(lm, cell: Cell, manager, settings: dict[str, Any]) -> dict[str
         )
     assert results is not None
     results.pop("samples", None)
+    return _record(lm, cell, t0, results)
+
+
+def _record(lm, cell: Cell, t0: float, lm_eval: dict[str, Any]) -> dict[str, Any]:
+    """A finished cell as written to its JSON: lm-eval's results with the compute it took."""
     mean = lm.tally.mean_steps or float(cell.num_steps)
     return {
         "task": cell.task,
@@ -236,7 +241,7 @@ def run_task_cell(lm, cell: Cell, manager, settings: dict[str, Any]) -> dict[str
         "mean_core_steps": mean,
         "flops_per_token": flops_at(lm.model.model_config, mean),
         "seconds": time.perf_counter() - t0,
-        "lm_eval": results,
+        "lm_eval": lm_eval,
     }
 
 
@@ -280,20 +285,9 @@ def run_text_cell(lm, cell: Cell, docs: list[str]) -> dict[str, Any]:
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     nll = -sum(lls)
     loss = nll / tokens
-    mean = lm.tally.mean_steps or float(cell.num_steps)
     metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": nll / n_bytes / math.log(2)}
-    return {
-        "task": cell.task,
-        "num_steps": cell.num_steps,
-        "exit": str(cell.exit) if cell.exit.adaptive else "",
-        "mean_core_steps": mean,
-        "flops_per_token": flops_at(lm.model.model_config, mean),
-        "seconds": time.perf_counter() - t0,
-        "lm_eval": {"results": {cell.task: {f"{k},none": v for k, v in metrics.items()}}},
-        "tokens": tokens,
-        "bytes": n_bytes,
-        "documents": len(docs),
-    }
+    results = {"results": {cell.task: {f"{k},none": v for k, v in metrics.items()}}}
+    return {**_record(lm, cell, t0, results), "tokens": tokens, "bytes": n_bytes, "documents": len(docs)}
 
 
 # --- outputs --------------------------------------------------------------------------------------

@@ -292,6 +292,20 @@ class RecurrentLM(nn.Module):
             x = x * cfg.embed_scale
         return x.to(e.dtype)
 
+    def start_state(
+        self,
+        e: Tensor,
+        input_states: Tensor | None = None,
+        init_scale: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The recurrence's first state: `input_states` (checked against `e`'s shape) or fresh noise."""
+        if input_states is None:
+            return self.initialize_state(e, init_scale, generator)
+        if input_states.shape != e.shape:
+            raise HuginnError(f"input_states has shape {tuple(input_states.shape)}, expected {tuple(e.shape)}")
+        return input_states.to(e.dtype)
+
     def core_step(
         self, state: Tensor, e: Tensor, ctx: AttentionContext, step: int, run: BlockRunner = run_blocks
     ) -> Tensor:
@@ -364,12 +378,7 @@ class RecurrentLM(nn.Module):
         B, S = input_ids.shape
         ctx = self.context(B, S, attention_mask, position_ids, cache)
         e = self.embed(input_ids, ctx)
-        if input_states is None:
-            state = self.initialize_state(e, init_scale, generator)
-        else:
-            if input_states.shape != e.shape:
-                raise HuginnError(f"input_states has shape {tuple(input_states.shape)}, expected {tuple(e.shape)}")
-            state = input_states.to(e.dtype)
+        state = self.start_state(e, input_states, init_scale, generator)
         states: list[Tensor] = []
 
         def record(step: int, new: Tensor, previous: Tensor) -> None:
