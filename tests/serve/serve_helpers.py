@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from tests.retrofit.helpers import LLAMA3_ROPE
+
 # vLLM's engine in this process (the plugin registered by hand reaches it), one unbound thread
 # (2 shared cores), 1 GiB of KV cache
 VLLM_ENV = {
@@ -76,15 +78,8 @@ def retrofitted_checkpoint(folder: Path, family: str = "llama", seed: int = 0) -
         pad_token_id=0,
     )
     if family == "llama":
-        rope = dict(
-            rope_type="llama3",
-            rope_theta=500000.0,
-            factor=8.0,
-            low_freq_factor=1.0,
-            high_freq_factor=4.0,
-            original_max_position_embeddings=16,
-        )
-        cfg, cls = LlamaConfig(tie_word_embeddings=True, rope_parameters=rope, **common), LlamaForCausalLM
+        cfg = LlamaConfig(tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE, **common)
+        cls = LlamaForCausalLM
     else:
         cfg, cls = Olmo2Config(tie_word_embeddings=False, **common), Olmo2ForCausalLM
     torch.manual_seed(seed)
