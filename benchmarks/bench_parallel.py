@@ -2,12 +2,12 @@
 
 1. Speed: shape `small` (2+4+2 layers, width 256, vocab 4096; random weights, seed 0) at 32 core
    steps, 64-token prompt, 64 new tokens, CPU fp32, batch 1 and 8: tokens/s and model forwards
-   per token of sequential greedy decoding (eager, and compiled with `--compile`) and of the
-   parallel sampler over wavefront width and freeze threshold; `same` is the fraction of the
+   per token of sequential greedy decoding and of the parallel sampler over wavefront width and
+   freeze threshold, eager, and with `--compile` also both compiled (`compile=True`); `same` is the fraction of the
    parallel sampler's tokens equal to sequential decoding's (random weights: no task to score).
 2. With `--run RUN` (the model `make run` trains in runs/quickstart, parity task), batch 1, 16
-   steps, 48 new tokens after prompts of 4 held-out problems and a fifth up to its `=`: the answer
-   accuracy, the fraction of tokens equal to sequential decoding's, forwards per token and
+   steps, 48 new tokens after prompts of 4 held-out problems and a fifth up to its `=` (both
+   samplers compiled with `--compile`): the answer accuracy, the fraction of tokens equal to sequential decoding's, forwards per token and
    tokens/s over the freeze threshold (see `run_model` for why the accuracy cannot move).
 
 Every comparison is measured in interleaved rounds (each round times every contender once; each
@@ -55,6 +55,8 @@ def speed(model, B: int, steps: int, prompt: int, new: int, repeats: int, quick:
         runs["sequential compiled"] = lambda: generate(model, ids, depth, stopping, compile=True)
     for name, ps in contenders(quick):
         runs[name] = lambda ps=ps: parallel_generate(model, ids, depth, stopping, ps)
+        if compile:
+            runs[f"{name} compiled"] = lambda ps=ps: parallel_generate(model, ids, depth, stopping, ps, compile=True)
     with torch.no_grad():
         results = {name: fn() for name, fn in runs.items()}  # warm-up (compiles) and the outputs
         best = dict.fromkeys(runs, float("inf"))
@@ -71,7 +73,7 @@ def speed(model, B: int, steps: int, prompt: int, new: int, repeats: int, quick:
         same = (res.sequences[:, prompt:] == ref).float().mean().item()
         steps_tok = res.compute_steps[:, 1:].float().mean().item()
         print(
-            f"batch {B} {name:<32} {tok_s:8.1f} tok/s (x{base / best[name]:.2f} the faster sequential)  "
+            f"batch {B} {name:<41} {tok_s:8.1f} tok/s (x{base / best[name]:.2f} the faster sequential)  "
             f"forwards/token {fwd / new:.2f}  steps/token {steps_tok:4.1f}  same {same:.2f}",
             flush=True,
         )
@@ -96,7 +98,7 @@ def parity_prompts(n: int, shots: int, seed: int = 0) -> list[tuple[str, str]]:
     return out
 
 
-def run_model(run: Path, steps: int, new: int, n_prompts: int, quick: bool, repeats: int) -> None:
+def run_model(run: Path, steps: int, new: int, n_prompts: int, quick: bool, repeats: int, compile: bool) -> None:
     """The answer accuracy and the agreement with sequential decoding over the freeze threshold.
     The answer is the first new token, which the prompt's forward decides in both samplers (the
     task trains only the answer, so what follows is not scored): accuracy is equal by
@@ -114,14 +116,15 @@ def run_model(run: Path, steps: int, new: int, n_prompts: int, quick: bool, repe
     for thr in thresholds:
         name = f"parallel W=8 r=2 thr={'fixed' if thr is None else thr}"
         settings.append((name, ParallelSampling(wavefront=8, inner_steps=2, freeze_threshold=thr)))
-    print(f"\n{run} at {steps} steps, {len(prompts)} parity prompts, {new} new tokens, batch 1", flush=True)
+    how = "compiled" if compile else "eager"
+    print(f"\n{run} at {steps} steps, {len(prompts)} parity prompts, {new} new tokens, batch 1, {how}", flush=True)
     encoded = [(torch.tensor([encode(p)]), answer) for p, answer in prompts]
 
     def run_all(ps: ParallelSampling | None) -> list:
         with torch.no_grad():
             if ps is None:
-                return [generate(model, ids, depth, Stopping(new)) for ids, _ in encoded]
-            return [parallel_generate(model, ids, depth, Stopping(new), ps) for ids, _ in encoded]
+                return [generate(model, ids, depth, Stopping(new), compile=compile) for ids, _ in encoded]
+            return [parallel_generate(model, ids, depth, Stopping(new), ps, compile=compile) for ids, _ in encoded]
 
     results = {name: run_all(ps) for name, ps in settings}
     best = dict.fromkeys(results, float("inf"))
@@ -200,7 +203,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compile", action="store_true", help="also time compiled sequential decoding")
+    ap.add_argument("--compile", action="store_true", help="also time both samplers compiled")
     ap.add_argument("--run", type=Path, default=None, help="a training run (make run: runs/quickstart)")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--figure", type=Path, default=None, help="only draw the wavefront figure to this PNG")
@@ -219,7 +222,7 @@ def main() -> None:
     for B in () if args.skip_speed else (1,) if args.quick else (1, 8):
         speed(model, B, args.steps, 64, new, 1 if args.quick else args.repeats, args.quick, args.compile)
     if args.run is not None:
-        run_model(args.run, 16, 48, 32, args.quick, 1 if args.quick else args.repeats)
+        run_model(args.run, 16, 48, 32, args.quick, 1 if args.quick else args.repeats, args.compile)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from huginn.cli import cli
 from huginn.errors import HuginnError
+from huginn.infer import compiled
 from huginn.infer.generate import Depth, Stopping, generate
 from huginn.infer.parallel import ParallelSampling, default_policy, parallel_generate
 from huginn.infer.sampling import Sampling
@@ -88,6 +89,33 @@ def test_batched_equals_one_at_a_time_with_freezing_and_eos(reference_model, exp
     assert early > 0 and (batch.compute_steps[:, 1:] < 16).any()  # positions did freeze early
     assert (batch.sequences[1, T + 5 :] == 0).all() and int(batch.sequences[1, T + 4]) == eos
     assert batch.cache.get_seq_length() > T + 10  # rows committed different counts: holes in the cache
+
+
+@pytest.mark.compile
+def test_compiled_wavefront_equals_eager_in_a_padded_batch(reference_model, expected):
+    """compile=True runs every wavefront forward as one compiled graph (the wavefront's width a
+    dynamic dimension) and gives the eager sampler's tokens, step counts and forwards."""
+    ids, mask = _left_pad(_prompts(expected))
+    knobs = ParallelSampling(wavefront=4, inner_steps=2, freeze_threshold=0.3)
+    depth, stopping = Depth(16, init_scale=0.0), Stopping(10)
+    eager = parallel_generate(reference_model, ids, depth, stopping, knobs, attention_mask=mask)
+    graph = compiled.compiled_graph("span")
+    widths = []
+
+    def spy(model, ids, *args):
+        widths.append(ids.shape[1])
+        return graph(model, ids, *args)
+
+    compiled._compiled["span"] = spy
+    try:
+        comp = parallel_generate(reference_model, ids, depth, stopping, knobs, attention_mask=mask, compile=True)
+    finally:
+        compiled._compiled["span"] = graph
+    assert torch.equal(comp.sequences, eager.sequences)
+    assert torch.equal(comp.compute_steps, eager.compute_steps)
+    assert comp.extras["forwards"] == eager.extras["forwards"]
+    assert len(widths) == comp.extras["forwards"] - 1  # every wavefront forward (the prompt's runs eagerly)
+    assert len(set(widths)) >= 3 and min(widths) >= 2  # several widths, a lone position padded to two
 
 
 def _states(model, ids, num_steps, init):
@@ -178,7 +206,7 @@ def test_parallel_generate_refuses_what_it_does_not_do(reference_model, expected
         (dict(sampler="parallel", num_steps=6), r"num_steps \(6\) must be a multiple of inner_recurrence \(4\)"),
         (dict(sampler="parallel", draft_steps=2), "do not compose"),
         (dict(sampler="parallel", criterion="kl"), "drop criterion"),
-        (dict(sampler="parallel", compile=True), "runs eagerly"),
+        (dict(sampler="parallel", compile="frozen"), "drop .frozen."),
         (dict(sampler="parallel", state_noise_mixing=2.0), "state_noise_mixing must be a number in"),
         (dict(sampler="diffusion"), "unknown sampler 'diffusion'; valid: sequential, parallel"),
         (dict(sampler="sequential", wavefront=4), "apply to sampler='parallel'"),
@@ -209,6 +237,21 @@ def test_cli_parallel_prints_the_text_and_the_cost(fixture_dir, tmp_path):
     assert fast.exit_code == 0 and "/token (one at a time: 1.00)" in fast.stderr
     wrong = CliRunner().invoke(cli, [*base, "--wavefront", "4"])
     assert isinstance(wrong.exception, HuginnError) and "--wavefront needs --parallel" in str(wrong.exception)
+
+
+@pytest.mark.compile
+def test_cli_parallel_compiled_prints_the_eager_text(fixture_dir, tmp_path):
+    from tests.infer.test_cli import _byte_tokenizer
+
+    _byte_tokenizer(tmp_path)
+    base = ["generate", str(fixture_dir), "The raven", "--tokenizer", str(tmp_path), "--init-scale", "0"]
+    base += ["--max-new-tokens", "8", "--num-steps", "4", "--parallel", "--wavefront", "4", "--inner-recurrence", "2"]
+    eager = CliRunner().invoke(cli, base)
+    comp = CliRunner().invoke(cli, [*base, "--compile"])
+    assert comp.exit_code == 0, comp.output
+    assert comp.stdout == eager.stdout and "parallel:" in comp.stderr
+    frozen = CliRunner().invoke(cli, [*base, "--freeze"])
+    assert isinstance(frozen.exception, HuginnError) and "drop 'frozen'" in str(frozen.exception)
 
 
 def test_fixed_noise_samples_the_distribution_next_token_samples():

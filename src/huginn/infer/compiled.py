@@ -27,8 +27,13 @@ number being a dynamic dimension (one graph serves every context length), and no
 Python bookkeeping is traced. That bookkeeping (begin a token, map slots to storage, record its
 steps) runs in Python before the graph, exactly as the eager cache does it.
 
+The parallel sampler's wavefront forward (several positions, each continuing its own state for
+a few core steps, logits at every position) is one graph too (`decode_span`), its width and
+context length dynamic dimensions.
+
 Used by `generate(..., compile=True)` for single-token forwards when no row is frozen and the
-lookup is not `skip`; every other forward runs eagerly. Results equal eager decoding up to float
+lookup is not `skip`, and by `parallel_generate(..., compile=True)` for wavefront forwards of two
+or more positions; every other forward runs eagerly. Results equal eager decoding up to float
 rounding (tests: compiled == eager in tokens, KV entries and step counts). Non-goals: compiling the
 prefill (one call per prompt, already matmul-bound); training (`train.compile` compiles its blocks).
 """
@@ -97,15 +102,22 @@ def _token_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, nu
     return model.predict(state, ctx, last_only=True)
 
 
+def _span_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, num_steps: int) -> tuple[Tensor, Tensor]:
+    ctx = AttentionContext(rope, None, False, kv, written_out=True)
+    e = model.embed(ids, ctx)
+    state = model.recur(state, e, ctx, Schedule.plain(num_steps)).state
+    return model.predict(state, ctx)[0], state
+
+
 _compiled: dict[str, object] = {}
 
 
 def compiled_graph(name: str):
-    """The process-wide compiled function `name` ("blocks" or "token"), compiled lazily on first use."""
+    """The process-wide compiled function `name` ("blocks", "token" or "span"), compiled lazily on first use."""
     if name not in _compiled:
         # cpp_wrapper: the graph's ~300 kernel and matmul calls per token are made from C++, not Python
         # (measured +15% tokens/s at batch 1, +5-10% at batch 8, for ~10 s more compilation)
-        fn = {"blocks": _blocks_call, "token": _token_call}[name]
+        fn = {"blocks": _blocks_call, "token": _token_call, "span": _span_call}[name]
         _compiled[name] = torch.compile(fn, fullgraph=True, options={"cpp_wrapper": True})  # type: ignore[call-overload]  # stub: fn is a plain function
     return _compiled[name]
 
@@ -214,15 +226,18 @@ def can_compile(cache, seq_len: int, freezes_rows: bool) -> bool:
     return seq_len == 1 and not freezes_rows and cache.active_rows is None and cache.policy.lookup != "skip"
 
 
-def begin_token(cache, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Start a one-token forward in the cache; return its write column (1,) and the (B, length)
-    mask of the filled columns it may attend to (those `attention_mask` (B, length) marks real).
-    The mask's length is marked dynamic, so the graphs read only the filled part of the cache
-    without compiling anew as the context grows."""
+def begin_token(cache, attention_mask: Tensor | None, seq_len: int = 1) -> tuple[Tensor, Tensor]:
+    """Start a forward of `seq_len` tokens (one, or a parallel sampler's wavefront) in the cache;
+    return its write columns (seq_len,) and the (B, length) mask of the filled columns it may
+    attend to (those `attention_mask` (B, length) marks real; the graph adds causality). The
+    mask's length is marked dynamic, so the graphs read only the filled part of the cache without
+    compiling anew as the context grows."""
     c = cache
-    c.begin(1)
+    c.begin(seq_len)
     n, device = c.length, c.device
-    col = torch.tensor([n - 1], device=device)
+    col = torch.arange(n - seq_len, n, device=device)
+    if seq_len > 1:
+        torch._dynamo.maybe_mark_dynamic(col, 0)
     if attention_mask is None:
         valid = torch.ones(c.rows, n, dtype=torch.bool, device=device)
     else:
@@ -248,6 +263,26 @@ def decode_token(
     slots = [*range(front), *c.layout.coda()]
     kv = TokenKV([slot_kv(c, s, col, valid) for s in slots], front)
     return (graph or compiled_graph("token"))(model, ids, state, rope, kv, num_steps)
+
+
+def decode_span(
+    model, ids: Tensor, cache, num_steps: int, rope: Tensor, state: Tensor, attention_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """(logits (B, S, V), final states (B, S, d)) of a forward over S >= 2 positions that continue
+    their own `state` for `num_steps` core steps (the parallel sampler's wavefront), as one
+    compiled graph. The width and the context length are dynamic dimensions: one graph serves
+    every forward of a generation."""
+    c = cache
+    S = ids.shape[1]
+    col, valid = begin_token(c, attention_mask, S)
+    front = c.layout.front(num_steps)
+    kvs = [slot_kv(c, s, col, valid) for s in [*range(front), *c.layout.coda()]]
+    for t in (ids, state, rope):
+        torch._dynamo.maybe_mark_dynamic(t, 1)
+    # the cache's capacity is left to dynamo's automatic dynamic shapes (a new capacity recompiles
+    # once, then every capacity shares a graph): marked here, the slot views' shared base would be
+    # assumed static without a guard (a stride error on the next cache of another capacity)
+    return compiled_graph("span")(model, ids, state, rope, TokenKV(kvs, front), num_steps)
 
 
 class CompiledRunner:

@@ -355,6 +355,11 @@ class HuginnStaticCache(Cache):
         valid[:, self._start : self.length] = True
         return valid
 
+    def reserve(self, length: int) -> None:
+        """Make room for `length` columns (at least doubling, as `begin` grows)."""
+        if length > self.capacity:
+            self._grow_capacity(max(length, 2 * self.capacity))
+
     def _grow_capacity(self, new_cap: int) -> None:
         for name in ("k", "v"):
             old = getattr(self, name)

@@ -315,7 +315,7 @@ def generate_with(
         policy = None if opts.cache == CacheSpec() else policy
         return parallel_generate(
             model, input_ids, depth, stopping, opts.parallel, opts.sampling, attention_mask, policy, cache,
-            streamer, generator,
+            streamer, generator, compile=opts.compile is True,
         )  # fmt: skip
     if opts.speculative is not None:
         return speculative_generate(

@@ -41,14 +41,20 @@ column reaches the shared output (`Output.push`, the stop step every decoder sha
 Exact special case: `wavefront=1` and no early freezing give sequential decoding at `num_steps`
 token for token, under the same cache policy (with `inner_steps == num_steps` under any policy;
 else under `compress-sR`, the default then); `tests/infer/test_parallel.py` checks it on the reference fixture and in padded
-batches. Non-goals: `headway` > 1 (guessed tokens past the first new one), the reference's EMA of
-embeddings, repetition penalties, compiled forwards, adaptive exit criteria other than the latent
-distance.
+batches.
+
+Compiled (`compile=True`): each wavefront forward is one compiled graph (`huginn.infer.compiled.
+decode_span`: prelude, core steps, coda and head, the wavefront's width a dynamic dimension), with
+the linears in the decoding layout; the same work in fewer, fused kernels.
+Non-goals: `headway` > 1 (guessed tokens past the first new one), the reference's EMA of
+embeddings, repetition penalties, a frozen-weights graph, adaptive exit criteria other than the
+latent distance.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -56,6 +62,7 @@ import torch
 from torch import Tensor
 
 from huginn.errors import HuginnError
+from huginn.infer.compiled import decode_layout, decode_span
 from huginn.infer.generate import Depth, Generation, Output, Stopping, prefill, start
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
 from huginn.infer.sampling import Sampling, filtered_probs, next_token
@@ -117,8 +124,10 @@ def check_parallel(adaptive: bool, sampling: Sampling, compile: object, speculat
         )
     if sampling.repetition_penalty not in (None, 1.0):
         raise HuginnError("the parallel sampler does not support repetition_penalty; drop it")
-    if compile is not False:
-        raise HuginnError("the parallel sampler runs eagerly; drop compile")
+    if compile not in (False, True):
+        raise HuginnError(
+            "the parallel sampler compiles with compile=True only (its weights stay parameters); drop 'frozen'"
+        )
 
 
 def default_policy(n_core_layers: int, inner_steps: int, num_steps: int) -> CachePolicy:
@@ -163,6 +172,7 @@ def parallel_generate(
     generator: torch.Generator | None = None,
     record_states: bool = False,
     trace: list | None = None,
+    compile: bool = False,
 ) -> Generation:
     """Generate with the diffusion-forcing sampler (see the module docstring). The prompt's forward
     runs `depth.num_steps` steps as in sequential decoding. `extras`: `forwards` (model forwards,
@@ -173,8 +183,19 @@ def parallel_generate(
     order: the position of the first new token first), `inputs`: the token each was computed from,
     and `early`: whether each froze before num_steps. `trace`: a list that receives, after every
     forward, row 0's (front column, core steps of each wavefront position, committed count) (the
-    docs' figure)."""
-    check_parallel(depth.criterion is not None, sampling, False, False)
+    docs' figure). `compile`: the wavefront forwards run through compiled graphs (module docstring)."""
+    check_parallel(depth.criterion is not None, sampling, compile, False)
+    with decode_layout(model) if compile else nullcontext():
+        return _generate(
+            model, input_ids, depth, stopping, parallel, sampling, attention_mask, policy, cache, streamer,
+            generator, record_states, trace, compile,
+        )  # fmt: skip
+
+
+def _generate(
+    model, input_ids, depth, stopping, parallel, sampling, attention_mask, policy, cache, streamer, generator,
+    record_states, trace, compile,
+) -> Generation:  # fmt: skip
     n = depth.num_steps
     parallel.check_depth(n)
     R = model.model_config.n_layers_in_recurrent_block
@@ -215,7 +236,7 @@ def parallel_generate(
     pushed = 1  # new tokens handed to `out` (the prompt's is the first)
     while bool((wf.width > 0).any()):
         front = int(wf.front[0])
-        forward(model, cache, wf, parallel, depth, n, sampling, stopping, generator, stats)
+        forward(model, cache, wf, parallel, depth, n, sampling, stopping, generator, stats, compile)
         if trace is not None:
             k = int(wf.front[0]) - front
             trace.append(
@@ -265,11 +286,18 @@ def forward(
     stopping: Stopping,
     generator,
     stats: dict,
+    compile: bool = False,
 ) -> None:
     """One forward over every row's wavefront: refine, propose tokens, commit, shift, append."""
     B, W = wf.steps.shape
     dev = wf.front.device
     S = int(wf.width.max())
+    if compile and W > 1:
+        # compiled, a wavefront is at least two wide (a second, masked slot: id 0, no KV), so that
+        # every forward takes the one graph whose width is dynamic (dynamo specialises width 1),
+        # and the cache keeps a spare column, so that the graph is not specialised to a full cache
+        S = max(S, 2)
+        cache.reserve(cache.get_seq_length() + S + 1)
     slot = torch.arange(S, device=dev)
     real = slot[None] < wf.width[:, None]  # (B, S) slots holding a position
     cols = wf.front[:, None] + slot[None]  # (B, S) their output columns
@@ -283,9 +311,12 @@ def forward(
     past = cache.get_seq_length()
     kv_mask = torch.cat([wf.kv_mask, real.long()], dim=1)
     ctx = model.context(B, S, kv_mask, None, cache)
-    e = model.embed(ids, ctx)
-    state = model.recur(state, e, ctx, Schedule.plain(parallel.inner_steps)).state
-    logits = model.predict(state, ctx)[0]  # (B, S, V)
+    if compile and S > 1:  # the same forward as one compiled graph
+        logits, state = decode_span(model, ids, cache, parallel.inner_steps, ctx.rope, state, kv_mask)
+    else:
+        e = model.embed(ids, ctx)
+        state = model.recur(state, e, ctx, Schedule.plain(parallel.inner_steps)).state
+        logits = model.predict(state, ctx)[0]  # (B, S, V)
     steps = wf.steps[:, :S] + parallel.inner_steps
     stats["forwards"] += 1
     stats["core_passes"] += parallel.inner_steps
