@@ -106,14 +106,25 @@ def scale_inv_freq(inv_freq: Tensor, scaling: dict) -> Tensor:
 
 
 def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
-    """Rotate interleaved pairs of x (B, S, H, hd) in fp32 and cast back."""
-    if not torch.compiler.is_compiling():
-        # eager: the pairs as complex numbers times the (cos, sin) rows as complex numbers, one
-        # kernel instead of four products, two sums and a stack (a copy) (and the same in the
-        # backward). The same products and sums: ATen's complex product forms ac - bd and ad + bc
-        # without fused multiply-adds. Compiled graphs take the real form below, which inductor fuses.
-        pairs_c = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, S, H, hd/2) complex64
-        return torch.view_as_real(pairs_c * torch.view_as_complex(rope)).flatten(3).type_as(x)
+    """Rotate interleaved pairs of x (B, S, H, hd) in fp32 and cast back: `rope_complex` in eager
+    mode, `rope_real` inside compiled graphs (which inductor fuses). Both give the same bits."""
+    return rope_real(x, rope) if torch.compiler.is_compiling() else rope_complex(x, rope)
+
+
+def rope_complex(x: Tensor, rope: Tensor) -> Tensor:
+    """The pairs as complex numbers times the (cos, sin) rows as complex numbers: one kernel instead
+    of four products, two sums and a stack (a copy), and the same in the backward. The same
+    products and sums as `rope_real`: ATen's complex product forms ac - bd and ad + bc without
+    fused multiply-adds. A table in bf16 or fp16 (a model cast to it) is widened first, as the real
+    form's products widen it."""
+    if rope.dtype not in (torch.float32, torch.float64):
+        rope = rope.float()
+    pairs_c = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, S, H, hd/2) complex64
+    return torch.view_as_real(pairs_c * torch.view_as_complex(rope)).flatten(3).type_as(x)
+
+
+def rope_real(x: Tensor, rope: Tensor) -> Tensor:
+    """`rope_complex` written out in real arithmetic (the published form)."""
     pairs = x.unflatten(-1, (-1, 2)).float()  # (B, S, H, hd/2, 2)
     cos, sin = rope[..., 0], rope[..., 1]
     rotated = torch.stack(
