@@ -3,12 +3,15 @@
 1. Speed: shape `small` (2+4+2 layers, width 256, vocab 4096; random weights, seed 0) at 32 core
    steps, 64-token prompt, 64 new tokens, CPU fp32, batch 1 and 8: tokens/s and model forwards
    per token of sequential greedy decoding and of the parallel sampler over wavefront width and
-   freeze threshold, eager, and with `--compile` also both compiled (`compile=True`); `same` is the fraction of the
-   parallel sampler's tokens equal to sequential decoding's (random weights: no task to score).
+   freeze threshold, eager, and with `--compile` both compiled too (`compile=True`); `same` is
+   the fraction of the parallel sampler's tokens equal to sequential decoding's.
 2. With `--run RUN` (the model `make run` trains in runs/quickstart, parity task), batch 1, 16
    steps, 48 new tokens after prompts of 4 held-out problems and a fifth up to its `=` (both
-   samplers compiled with `--compile`): the answer accuracy, the fraction of tokens equal to sequential decoding's, forwards per token and
-   tokens/s over the freeze threshold (see `run_model` for why the accuracy cannot move).
+   samplers compiled with `--compile`): the answer accuracy, the fraction of tokens equal to
+   sequential decoding's, forwards per token and tokens/s over the freeze threshold (see
+   `run_model` for why the answer accuracy cannot move).
+In both, `rescored` is the quality figure over every generated token: the fraction that a
+full-depth forward of the final sequence picks too (`rescored`).
 
 Every comparison is measured in interleaved rounds (each round times every contender once; each
 keeps its best round): this host's speed drifts by 30% within minutes.
@@ -47,6 +50,19 @@ def contenders(quick: bool) -> list[tuple[str, ParallelSampling]]:
     return out
 
 
+def rescored(model, sequences: torch.Tensor, prompt: int, steps: int) -> float:
+    """The fraction of generated tokens that a full-depth forward of the final sequences (no cache,
+    zero initial state) also picks greedily at their positions: the model's own choice given what
+    precedes them. Sequential greedy decoding scores 1 up to float rounding (a cached token at full
+    depth is that forward); a parallel sampler loses where it froze a position before the model
+    would have picked its token. Unlike `same`, it does not count later tokens that differ only
+    because an earlier one did."""
+    with torch.no_grad():
+        logits = model(sequences[:, :-1], num_steps=steps, init_scale=0.0).logits
+    picks = logits[:, prompt - 1 :].argmax(dim=-1)
+    return (picks == sequences[:, prompt:]).float().mean().item()
+
+
 def speed(model, B: int, steps: int, prompt: int, new: int, repeats: int, quick: bool, compile: bool) -> None:
     ids = torch.randint(0, 4096, (B, prompt), generator=torch.Generator().manual_seed(B))
     depth, stopping = Depth(steps, init_scale=0.0), Stopping(new)
@@ -72,9 +88,10 @@ def speed(model, B: int, steps: int, prompt: int, new: int, repeats: int, quick:
         fwd = res.extras.get("forwards", new)  # sequential: the prompt's forward and one per later token
         same = (res.sequences[:, prompt:] == ref).float().mean().item()
         steps_tok = res.compute_steps[:, 1:].float().mean().item()
+        agree = rescored(model, res.sequences, prompt, steps)
         print(
             f"batch {B} {name:<41} {tok_s:8.1f} tok/s (x{base / best[name]:.2f} the faster sequential)  "
-            f"forwards/token {fwd / new:.2f}  steps/token {steps_tok:4.1f}  same {same:.2f}",
+            f"forwards/token {fwd / new:.2f}  steps/token {steps_tok:4.1f}  same {same:.2f}  rescored {agree:.3f}",
             flush=True,
         )
 
@@ -137,15 +154,17 @@ def run_model(run: Path, steps: int, new: int, n_prompts: int, quick: bool, repe
     tokens = new * len(encoded)
     for name, res in results.items():
         correct = same = forwards = 0
-        steps = 0.0
+        steps = agree = 0.0
         for r, (ids, answer), want in zip(res, encoded, ref):
             gen = r.sequences[0, ids.shape[1] :].tolist()
             correct += decode(gen[:1]) == answer
             same += sum(a == b for a, b in zip(gen, want))
             forwards += r.extras.get("forwards", new)
             steps += r.compute_steps[0, 1:].float().mean().item() / len(encoded)
+            agree += rescored(model, r.sequences, ids.shape[1], depth.num_steps) / len(encoded)
         print(
             f"  {name:<30} answer accuracy {correct / len(encoded):6.1%}  same tokens {same / tokens:6.1%}  "
+            f"rescored {agree:6.1%}  "
             f"forwards/token {forwards / tokens:.2f}  steps/token {steps:4.1f}  {tokens / best[name]:6.1f} tok/s "
             f"(x{best['sequential'] / best[name]:.2f})",
             flush=True,

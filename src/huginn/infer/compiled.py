@@ -44,7 +44,7 @@ import logging
 import types
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,11 +102,11 @@ def _token_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, nu
     return model.predict(state, ctx, last_only=True)
 
 
-def _span_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, num_steps: int) -> tuple[Tensor, Tensor]:
+def _span_call(model, ids: Tensor, state: Tensor, rope: Tensor, kv: TokenKV, num_steps: int, then, args: tuple):
     ctx = AttentionContext(rope, None, False, kv, written_out=True)
     e = model.embed(ids, ctx)
     state = model.recur(state, e, ctx, Schedule.plain(num_steps)).state
-    return model.predict(state, ctx)[0], state
+    return then(model.predict(state, ctx)[0], state, *args)
 
 
 _compiled: dict[str, object] = {}
@@ -266,12 +266,20 @@ def decode_token(
 
 
 def decode_span(
-    model, ids: Tensor, cache, num_steps: int, rope: Tensor, state: Tensor, attention_mask: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """(logits (B, S, V), final states (B, S, d)) of a forward over S >= 2 positions that continue
-    their own `state` for `num_steps` core steps (the parallel sampler's wavefront), as one
-    compiled graph. The width and the context length are dynamic dimensions: one graph serves
-    every forward of a generation."""
+    model,
+    ids: Tensor,
+    cache,
+    num_steps: int,
+    rope: Tensor,
+    state: Tensor,
+    attention_mask: Tensor | None,
+    then: Callable[..., Any],
+    args: tuple,
+) -> Any:
+    """`then(logits (B, S, V), final states (B, S, d), *args)` of a forward over S >= 2 positions
+    that continue their own `state` for `num_steps` core steps (the parallel sampler's wavefront,
+    whose bookkeeping `then` is), as one compiled graph. The width and the context length are
+    dynamic dimensions (mark those of `args` too): one graph serves every forward of a generation."""
     c = cache
     S = ids.shape[1]
     col, valid = begin_token(c, attention_mask, S)
@@ -282,7 +290,7 @@ def decode_span(
     # the cache's capacity is left to dynamo's automatic dynamic shapes (a new capacity recompiles
     # once, then every capacity shares a graph): marked here, the slot views' shared base would be
     # assumed static without a guard (a stride error on the next cache of another capacity)
-    return compiled_graph("span")(model, ids, state, rope, TokenKV(kvs, front), num_steps)
+    return compiled_graph("span")(model, ids, state, rope, TokenKV(kvs, front), num_steps, then, args)
 
 
 class CompiledRunner:

@@ -56,7 +56,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import torch
 from torch import Tensor
@@ -311,35 +311,26 @@ def forward(
     past = cache.get_seq_length()
     kv_mask = torch.cat([wf.kv_mask, real.long()], dim=1)
     ctx = model.context(B, S, kv_mask, None, cache)
-    if compile and S > 1:  # the same forward as one compiled graph
-        logits, state = decode_span(model, ids, cache, parallel.inner_steps, ctx.rope, state, kv_mask)
+    steps = wf.steps[:, :S] + parallel.inner_steps
+    gumbel = wf.gumbel[:, :S] if wf.gumbel is not None else None
+    rules = (wf.last, num_steps, parallel.freeze_threshold, tuple(stopping.eos_ids or ()), sampling)
+    args = (before, steps, gumbel, wf.tokens, cols, real, wf.states, wf.steps, wf.gumbel, wf.front, wf.width, *rules)
+    if compile and S > 1:  # the forward and `settle` as one compiled graph
+        for t in (before, steps, gumbel, cols, real):
+            if t is not None:
+                torch._dynamo.maybe_mark_dynamic(t, 1)
+        settled = decode_span(model, ids, cache, parallel.inner_steps, ctx.rope, state, kv_mask, settle, args)
     else:
         e = model.embed(ids, ctx)
         state = model.recur(state, e, ctx, Schedule.plain(parallel.inner_steps)).state
-        logits = model.predict(state, ctx)[0]  # (B, S, V)
-    steps = wf.steps[:, :S] + parallel.inner_steps
+        settled = settle(model.predict(state, ctx)[0], state, *args)
+    r: Settled = settled
+    state, commit, committed, states, width, put = r.state, r.commit, r.committed, r.states, r.width, r.put
+    wf.tokens, wf.steps, wf.gumbel, wf.front = r.tokens, r.steps, r.gumbel, r.front
     stats["forwards"] += 1
     stats["core_passes"] += parallel.inner_steps
     stats["position_steps"] += parallel.inner_steps * int(wf.width.sum())
-    # --- proposals: slot i proposes the token of column cols[i] + 1 ----------------------------------
-    if wf.gumbel is None:
-        proposed = next_token(logits.reshape(B * S, -1), ids.reshape(B * S, 1), sampling, generator).view(B, S)
-    else:  # a sample with the position's own fixed noise: it changes only where the distribution does
-        probs = filtered_probs(logits.reshape(B * S, -1), sampling).view(B, S, -1)
-        proposed = (probs.log() + wf.gumbel[:, :S]).argmax(dim=-1)
-    old = wf.tokens.gather(1, cols + 1)
-    changed = real & (old != proposed)  # the input token of slot i + 1 changed
-    wf.tokens.scatter_(1, cols + 1, torch.where(real, proposed, old))
-    # --- commit the leading converged slots whose input token stood --------------------------------
-    at_cap = steps >= num_steps
-    converged = at_cap
-    if parallel.freeze_threshold is not None:
-        diff = (state - before).float().norm(dim=-1) / state.float().norm(dim=-1).clamp(min=1e-12)
-        converged = converged | (diff < parallel.freeze_threshold)
-    stale = torch.cat([torch.zeros_like(changed[:, :1]), changed[:, :-1]], dim=1)
-    commit = (real & converged & ~stale).long().cumprod(dim=1).sum(dim=1)  # (B,)
-    committed = slot[None] < commit[:, None]  # (B, S)
-    early = (committed & ~at_cap).tolist()
+    early = r.early.tolist()
     for b, (k, row) in enumerate(zip(commit.tolist(), steps.tolist())):
         wf.step_record[b].extend(row[:k])
         wf.early[b].extend(early[b][:k])
@@ -347,44 +338,152 @@ def forward(
         if wf.final_states is not None:
             wf.final_states[b].extend(state[b, :k].unbind(0))
             wf.inputs[b].extend(ids[b, :k].tolist())
-    # a committed stop token ends the row there (the token at the front is always final)
-    stop_at = torch.full_like(commit, -1)
-    if stopping.eos_ids and bool(committed.any()):
-        is_eos = torch.zeros_like(committed)
-        for eos in stopping.eos_ids:
-            is_eos |= proposed == eos
-        hit = is_eos & committed
-        stop_at = torch.where(hit.any(dim=1), hit.long().argmax(dim=1), -1)
     # --- the cache keeps the committed columns; the others held unfinished positions ---------------
     n_keep = int(commit.max())
     cache.crop(past + n_keep)
     wf.kv_mask = torch.cat([wf.kv_mask, committed[:, :n_keep].long()], dim=1)  # holes: fewer committed
-    # --- shift by the committed count, append one new position where there is room ----------------
-    full_states, full_steps = wf.states.clone(), wf.steps.clone()
-    full_states[:, :S], full_steps[:, :S] = state, steps
-    idx = (torch.arange(W, device=dev)[None] + commit[:, None]).clamp(max=W - 1)
-    wf.states = full_states.gather(1, idx[..., None].expand(-1, -1, full_states.shape[-1]))
-    wf.steps = full_steps.gather(1, idx)
-    if wf.gumbel is not None:
-        wf.gumbel = wf.gumbel.gather(1, idx[..., None].expand(-1, -1, wf.gumbel.shape[-1]))
-    wf.front = wf.front + commit
-    kept = wf.width - commit
-    width = torch.minimum((kept + 1).clamp(max=W), (wf.last - wf.front + 1).clamp(min=0))
-    width = torch.where((stop_at >= 0) | (wf.width == 0), 0, width)
-    grown = width > kept
-    if bool(grown.any()):
-        at = (width - 1).clamp(min=0)  # the new slot, after the shift
-        if parallel.init == "previous":  # the state of the position before it, as it is now
-            src = (commit + at - 1).clamp(min=0, max=W - 1)
-            new = full_states.gather(1, src[:, None, None].expand(-1, 1, full_states.shape[-1]))
-        else:
-            new = _new_state(model, wf.states[:, :1], depth, generator)
-        put = grown[:, None] & (torch.arange(W, device=dev)[None] == at[:, None])  # (B, W)
-        wf.states = torch.where(put[..., None], new, wf.states)
+    # --- append one new position where there is room (`settle` shifted by the committed count) ----
+    if bool(put.any()):
+        new = r.previous if parallel.init == "previous" else _new_state(model, states[:, :1], depth, generator)
+        states = torch.where(put[..., None], new, states)
         if wf.gumbel is not None:
             fresh = _gumbel(B, 1, wf.gumbel.shape[-1], dev, generator)
             wf.gumbel = torch.where(put[..., None], fresh, wf.gumbel)
         wf.steps = torch.where(put, 0, wf.steps)
-    wf.width = width
+    wf.states, wf.width = states, width
+
+
+class Settled(NamedTuple):
+    """What `settle` returns: the forward's final states (B, S, d), the tokens with the proposals
+    written, commit (B,), committed (B, S), early (B, S): committed before num_steps; after the
+    shift: states (B, W, d), steps (B, W), gumbel, front (B,), width (B,), put (B, W): where a new
+    position goes, previous (B, 1, d): the state of the position before it."""
+
+    state: Tensor
+    tokens: Tensor
+    commit: Tensor
+    committed: Tensor
+    early: Tensor
+    states: Tensor
+    steps: Tensor
+    gumbel: Tensor | None
+    front: Tensor
+    width: Tensor
+    put: Tensor
+    previous: Tensor
+
+
+def settle(
+    logits: Tensor,
+    state: Tensor,
+    before: Tensor,
+    steps: Tensor,
+    gumbel: Tensor | None,
+    tokens: Tensor,
+    cols: Tensor,
+    real: Tensor,
+    states: Tensor,
+    all_steps: Tensor,
+    all_gumbel: Tensor | None,
+    front: Tensor,
+    width: Tensor,
+    last: int,
+    num_steps: int,
+    threshold: float | None,
+    eos_ids: tuple[int, ...],
+    sampling: Sampling,
+) -> Settled:
+    """What follows the model in a forward over the wavefront (B, S): `decide`, then `shift`. Pure
+    tensor code, so that with `compile=True` it is traced into the forward's graph."""
+    tokens, commit, committed, early, stop_at = decide(
+        logits, gumbel, tokens, cols, real, state, before, steps, num_steps, threshold, eos_ids, sampling
+    )
+    shifted = shift(states, all_steps, all_gumbel, state, steps, commit, front, width, stop_at, last)
+    return Settled(state, tokens, commit, committed, early, *shifted)
+
+
+def decide(
+    logits: Tensor,
+    gumbel: Tensor | None,
+    tokens: Tensor,
+    cols: Tensor,
+    real: Tensor,
+    state: Tensor,
+    before: Tensor,
+    steps: Tensor,
+    num_steps: int,
+    threshold: float | None,
+    eos_ids: tuple[int, ...],
+    sampling: Sampling,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """After a forward over the wavefront (B, S): propose, decide what is committed, find stops.
+    Returns (tokens with the proposals written, commit (B,) leading slots committed, committed
+    (B, S), early (B, S) committed before `num_steps`, stop_at (B,) slot of a committed stop token
+    or -1)."""
+    B, S = real.shape
+    # proposals: slot i proposes the token of column cols[i] + 1
+    if gumbel is None:
+        proposed = logits.argmax(dim=-1)  # greedy (`next_token` without sampling)
+    else:  # a sample with the position's own fixed noise: it changes only where the distribution does
+        probs = filtered_probs(logits.reshape(B * S, -1), sampling).view(B, S, -1)
+        proposed = (probs.log() + gumbel).argmax(dim=-1)
+    old = tokens.gather(1, cols + 1)
+    changed = real & (old != proposed)  # the input token of slot i + 1 changed
+    tokens = tokens.scatter(1, cols + 1, torch.where(real, proposed, old))
+    # commit the leading converged slots whose input token stood
+    at_cap = steps >= num_steps
+    converged = at_cap
+    if threshold is not None:
+        diff = (state - before).float().norm(dim=-1) / state.float().norm(dim=-1).clamp(min=1e-12)
+        converged = converged | (diff < threshold)
+    stale = torch.cat([torch.zeros_like(changed[:, :1]), changed[:, :-1]], dim=1)
+    commit = (real & converged & ~stale).long().cumprod(dim=1).sum(dim=1)
+    committed = torch.arange(S, device=real.device)[None] < commit[:, None]
+    # a committed stop token ends the row there (the token at the front is always final)
+    stop_at = torch.full_like(commit, -1)
+    if eos_ids:
+        is_eos = torch.zeros_like(committed)
+        for eos in eos_ids:
+            is_eos = is_eos | (proposed == eos)
+        hit = is_eos & committed
+        stop_at = torch.where(hit.any(dim=1), hit.long().argmax(dim=1), -1)
+    return tokens, commit, committed, committed & ~at_cap, stop_at
+
+
+def shift(
+    states: Tensor,
+    all_steps: Tensor,
+    gumbel: Tensor | None,
+    state: Tensor,
+    steps: Tensor,
+    commit: Tensor,
+    front: Tensor,
+    width: Tensor,
+    stop_at: Tensor,
+    last: int,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor, Tensor]:
+    """Drop each row's committed slots and make room for one new position where there is any.
+    Returns (states (B, W, d), steps (B, W), gumbel, front, width, put (B, W): where the new
+    position goes, previous (B, 1, d): the state of the position before it, as it is now)."""
+    W = all_steps.shape[1]
+    S = state.shape[1]
+    d = states.shape[-1]
+    full_states = torch.cat([state, states[:, S:]], dim=1)
+    full_steps = torch.cat([steps, all_steps[:, S:]], dim=1)
+    slots = torch.arange(W, device=front.device)[None]
+    idx = (slots + commit[:, None]).clamp(max=W - 1)
+    states = full_states.gather(1, idx[..., None].expand(-1, -1, d))
+    all_steps = full_steps.gather(1, idx)
+    if gumbel is not None:
+        gumbel = gumbel.gather(1, idx[..., None].expand(-1, -1, gumbel.shape[-1]))
+    moved = front + commit
+    kept = width - commit
+    new_width = torch.minimum((kept + 1).clamp(max=W), (last - moved + 1).clamp(min=0))
+    new_width = torch.where((stop_at >= 0) | (width == 0), 0, new_width)
+    at = (new_width - 1).clamp(min=0)  # the new slot, after the shift
+    put = (new_width > kept)[:, None] & (slots == at[:, None])
+    src = (commit + at - 1).clamp(min=0, max=W - 1)
+    previous = full_states.gather(1, src[:, None, None].expand(-1, 1, d))
     # a row that committed a stop token: its last committed token is that one
-    wf.front = torch.where(stop_at >= 0, wf.front - commit + stop_at + 1, wf.front)
+    moved = torch.where(stop_at >= 0, moved - commit + stop_at + 1, moved)
+    return states, all_steps, gumbel, moved, new_width, put, previous
