@@ -5,11 +5,11 @@
    per token of sequential greedy decoding and of the parallel sampler over wavefront width and
    freeze threshold, eager, and with `--compile` both compiled too (`compile=True`); `same` is
    the fraction of the parallel sampler's tokens equal to sequential decoding's.
-2. With `--run RUN` (the model `make run` trains in runs/quickstart, parity task), batch 1, 16
-   steps, 48 new tokens after prompts of 4 held-out problems and a fifth up to its `=` (both
-   samplers compiled with `--compile`): the answer accuracy, the fraction of tokens equal to
-   sequential decoding's, forwards per token and tokens/s over the freeze threshold (see
-   `run_model` for why the answer accuracy cannot move).
+2. With `--run RUN` (the model `make run` trains in runs/quickstart, parity task), batch 1, at
+   16 and 32 steps (`--run-steps`), 48 new tokens after prompts of 4 held-out problems and a
+   fifth up to its `=` (both samplers compiled with `--compile`): the answer accuracy, the
+   fraction of tokens equal to sequential decoding's, forwards per token and tokens/s over the
+   freeze threshold (see `run_model` for why the answer accuracy cannot move).
 In both, `rescored` is the quality figure over every generated token: the fraction that a
 full-depth forward of the final sequence picks too (`rescored`).
 
@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time both samplers compiled")
     ap.add_argument("--run", type=Path, default=None, help="a training run (make run: runs/quickstart)")
     ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--run-steps", default="16,32", help="depths for --run, comma-separated")
     ap.add_argument("--figure", type=Path, default=None, help="only draw the wavefront figure to this PNG")
     ap.add_argument("--skip-speed", action="store_true", help="only the --run part")
     args = ap.parse_args()
@@ -241,7 +242,8 @@ def main() -> None:
     for B in () if args.skip_speed else (1,) if args.quick else (1, 8):
         speed(model, B, args.steps, 64, new, 1 if args.quick else args.repeats, args.quick, args.compile)
     if args.run is not None:
-        run_model(args.run, 16, 48, 32, args.quick, 1 if args.quick else args.repeats, args.compile)
+        for steps in (int(n) for n in args.run_steps.split(",")):
+            run_model(args.run, steps, 48, 32, args.quick, 1 if args.quick else args.repeats, args.compile)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,16 @@ def test_compiled_wavefront_equals_eager_in_a_padded_batch(reference_model, expe
     assert comp.extras["forwards"] == eager.extras["forwards"]
     assert len(widths) == comp.extras["forwards"] - 1  # every wavefront forward (the prompt's runs eagerly)
     assert len(set(widths)) >= 3 and min(widths) >= 2  # several widths, a lone position padded to two
+    # other prompt lengths, wavefronts, thresholds and lengths reuse the graph (dynamo's recompile
+    # limit would otherwise stop a benchmark's sweep): at most one more graph for all of them
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for n, W, thr, new in [(3, 3, 0.1, 7), (5, 6, 0.05, 9), (4, 5, None, 12)]:
+        sweep = ParallelSampling(wavefront=W, inner_steps=2, freeze_threshold=thr)
+        one = expected["input_ids"][:1, :n]
+        eager = parallel_generate(reference_model, one, depth, Stopping(new), sweep)
+        comp = parallel_generate(reference_model, one, depth, Stopping(new), sweep, compile=True)
+        assert torch.equal(comp.sequences, eager.sequences) and torch.equal(comp.compute_steps, eager.compute_steps)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs <= 2
 
 
 def _states(model, ids, num_steps, init):

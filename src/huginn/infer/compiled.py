@@ -21,8 +21,8 @@ constants, which inductor prepacks for its own GEMM kernels (AMX for bf16): the 
 A new batch size or cache capacity recompiles once; dynamo then treats it as dynamic. Inductor
 keeps compiled graphs on disk, so a later process starts faster.
 
-Attention gets views of its slot's preallocated keys/values, the write column as a tensor and the
-mask of filled columns instead of the cache object: the graph reads the filled columns only, their
+Attention gets views of its slot's preallocated keys/values and the mask of filled columns (the
+forward writes the last ones) instead of the cache object: the graph reads the filled columns only, their
 number being a dynamic dimension (one graph serves every context length), and none of the cache's
 Python bookkeeping is traced. That bookkeeping (begin a token, map slots to storage, record its
 steps) runs in Python before the graph, exactly as the eager cache does it.
@@ -61,13 +61,14 @@ log = logging.getLogger(__name__)
 class SlotKV:
     """The KV-cache protocol for one storage slot, traced into a group graph."""
 
-    def __init__(self, k: Tensor, v: Tensor, col: Tensor, valid: Tensor) -> None:
-        self.k, self.v, self.col, self.valid = k, v, col, valid
+    def __init__(self, k: Tensor, v: Tensor, valid: Tensor) -> None:
+        self.k, self.v, self.valid = k, v, valid
 
     def update(self, key: Tensor, value: Tensor, slot: int) -> tuple[Tensor, Tensor, Tensor]:
-        self.k.index_copy_(2, self.col, key)
-        self.v.index_copy_(2, self.col, value)
         n = self.valid.shape[1]  # the filled columns (a dynamic size: one graph serves every length)
+        col = torch.arange(n - key.shape[2], n, device=key.device)  # this forward's: the last ones
+        self.k.index_copy_(2, col, key)
+        self.v.index_copy_(2, col, value)
         return self.k.narrow(2, 0, n), self.v.narrow(2, 0, n), self.valid
 
     def get_seq_length(self) -> int:  # positions are resolved before the graph runs
@@ -226,30 +227,27 @@ def can_compile(cache, seq_len: int, freezes_rows: bool) -> bool:
     return seq_len == 1 and not freezes_rows and cache.active_rows is None and cache.policy.lookup != "skip"
 
 
-def begin_token(cache, attention_mask: Tensor | None, seq_len: int = 1) -> tuple[Tensor, Tensor]:
+def begin_token(cache, attention_mask: Tensor | None, seq_len: int = 1) -> Tensor:
     """Start a forward of `seq_len` tokens (one, or a parallel sampler's wavefront) in the cache;
-    return its write columns (seq_len,) and the (B, length) mask of the filled columns it may
-    attend to (those `attention_mask` (B, length) marks real; the graph adds causality). The
-    mask's length is marked dynamic, so the graphs read only the filled part of the cache without
-    compiling anew as the context grows."""
+    return the (B, length) mask of the filled columns it may attend to (those `attention_mask`
+    (B, length) marks real; the graph adds causality), the forward's own being the last `seq_len`.
+    The mask's length is marked dynamic, so the graphs read only the filled part of the cache
+    without compiling anew as the context grows."""
     c = cache
     c.begin(seq_len)
     n, device = c.length, c.device
-    col = torch.arange(n - seq_len, n, device=device)
-    if seq_len > 1:
-        torch._dynamo.maybe_mark_dynamic(col, 0)
     if attention_mask is None:
         valid = torch.ones(c.rows, n, dtype=torch.bool, device=device)
     else:
         valid = attention_mask[:, -n:].to(device=device, dtype=torch.bool).contiguous()
     torch._dynamo.maybe_mark_dynamic(valid, 1)
-    return col, valid
+    return valid
 
 
-def slot_kv(cache, slot: int, col: Tensor, valid: Tensor) -> SlotKV:
+def slot_kv(cache, slot: int, valid: Tensor) -> SlotKV:
     """The storage of `slot` (claimed in the cache, which records the step it begins)."""
     i = cache.claim(slot)
-    return SlotKV(cache.k[i], cache.v[i], col, valid)
+    return SlotKV(cache.k[i], cache.v[i], valid)
 
 
 def decode_token(
@@ -258,10 +256,10 @@ def decode_token(
     """(logits (B, V), latents (B, 1, d)) of one token at fixed depth through the token graph
     (`graph`: a `FrozenGraph` instead of the shared one)."""
     c = cache
-    col, valid = begin_token(c, attention_mask)
+    valid = begin_token(c, attention_mask)
     front = c.layout.front(num_steps)
     slots = [*range(front), *c.layout.coda()]
-    kv = TokenKV([slot_kv(c, s, col, valid) for s in slots], front)
+    kv = TokenKV([slot_kv(c, s, valid) for s in slots], front)
     return (graph or compiled_graph("token"))(model, ids, state, rope, kv, num_steps)
 
 
@@ -282,9 +280,9 @@ def decode_span(
     dynamic dimensions (mark those of `args` too): one graph serves every forward of a generation."""
     c = cache
     S = ids.shape[1]
-    col, valid = begin_token(c, attention_mask, S)
+    valid = begin_token(c, attention_mask, S)
     front = c.layout.front(num_steps)
-    kvs = [slot_kv(c, s, col, valid) for s in [*range(front), *c.layout.coda()]]
+    kvs = [slot_kv(c, s, valid) for s in [*range(front), *c.layout.coda()]]
     for t in (ids, state, rope):
         torch._dynamo.maybe_mark_dynamic(t, 1)
     # the cache's capacity is left to dynamo's automatic dynamic shapes (a new capacity recompiles
@@ -302,14 +300,13 @@ class CompiledRunner:
     def __init__(self, cache, attention_mask: Tensor | None) -> None:
         self.cache, self.attention_mask = cache, attention_mask
         self.fn = compiled_graph("blocks")  # looked up per forward, so tests can spy on it
-        self.col: Tensor | None = None
         self.valid: Tensor | None = None
 
     def __call__(self, blocks: nn.ModuleList, x: Tensor, ctx: AttentionContext, slots: list[int]) -> Tensor:
         kvs = []
         for slot in slots:
             if slot == 0:
-                self.col, self.valid = begin_token(self.cache, self.attention_mask)
-            assert self.col is not None and self.valid is not None, "a forward writes slot 0 first"
-            kvs.append(slot_kv(self.cache, slot, self.col, self.valid))
+                self.valid = begin_token(self.cache, self.attention_mask)
+            assert self.valid is not None, "a forward writes slot 0 first"
+            kvs.append(slot_kv(self.cache, slot, self.valid))
         return self.fn(blocks, x, ctx.rope, kvs)

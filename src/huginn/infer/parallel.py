@@ -313,10 +313,20 @@ def forward(
     ctx = model.context(B, S, kv_mask, None, cache)
     steps = wf.steps[:, :S] + parallel.inner_steps
     gumbel = wf.gumbel[:, :S] if wf.gumbel is not None else None
-    rules = (wf.last, num_steps, parallel.freeze_threshold, tuple(stopping.eos_ids or ()), sampling)
+    # the last column and the threshold as tensors: a compiled graph would be specialised to them
+    last = torch.tensor(wf.last, device=dev)
+    thr = parallel.freeze_threshold
+    threshold = None if thr is None else torch.tensor(thr, dtype=torch.float32, device=dev)
+    rules = (last, num_steps, threshold, tuple(stopping.eos_ids or ()), sampling)
     args = (before, steps, gumbel, wf.tokens, cols, real, wf.states, wf.steps, wf.gumbel, wf.front, wf.width, *rules)
     if compile and S > 1:  # the forward and `settle` as one compiled graph
-        for t in (before, steps, gumbel, cols, real):
+        # widths, the wavefront's capacity and the output length vary: one graph for all of them
+        # (views of the wavefront's tensors would tie the width to their capacity: copies)
+        dense = torch.contiguous_format  # standard strides even where B is 1
+        state, before, steps = (t.clone(memory_format=dense) for t in (state, before, steps))
+        gumbel = gumbel.clone(memory_format=dense) if gumbel is not None else None
+        args = (before, steps, gumbel, *args[3:])
+        for t in (state, before, steps, gumbel, cols, real, wf.tokens, wf.states, wf.steps, wf.gumbel):
             if t is not None:
                 torch._dynamo.maybe_mark_dynamic(t, 1)
         settled = decode_span(model, ids, cache, parallel.inner_steps, ctx.rope, state, kv_mask, settle, args)
@@ -387,9 +397,9 @@ def settle(
     all_gumbel: Tensor | None,
     front: Tensor,
     width: Tensor,
-    last: int,
+    last: Tensor,
     num_steps: int,
-    threshold: float | None,
+    threshold: Tensor | None,
     eos_ids: tuple[int, ...],
     sampling: Sampling,
 ) -> Settled:
@@ -412,7 +422,7 @@ def decide(
     before: Tensor,
     steps: Tensor,
     num_steps: int,
-    threshold: float | None,
+    threshold: Tensor | None,
     eos_ids: tuple[int, ...],
     sampling: Sampling,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -436,7 +446,9 @@ def decide(
     if threshold is not None:
         diff = (state - before).float().norm(dim=-1) / state.float().norm(dim=-1).clamp(min=1e-12)
         converged = converged | (diff < threshold)
-    stale = torch.cat([torch.zeros_like(changed[:, :1]), changed[:, :-1]], dim=1)
+    # slot i's input is slot i - 1's proposal (a roll, not a slice of S - 1: a compiled graph would
+    # specialise to that size being 1)
+    stale = changed.roll(1, dims=1) & (torch.arange(S, device=real.device) > 0)
     commit = (real & converged & ~stale).long().cumprod(dim=1).sum(dim=1)
     committed = torch.arange(S, device=real.device)[None] < commit[:, None]
     # a committed stop token ends the row there (the token at the front is always final)
@@ -460,7 +472,7 @@ def shift(
     front: Tensor,
     width: Tensor,
     stop_at: Tensor,
-    last: int,
+    last: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor, Tensor]:
     """Drop each row's committed slots and make room for one new position where there is any.
     Returns (states (B, W, d), steps (B, W), gumbel, front, width, put (B, W): where the new
@@ -468,8 +480,11 @@ def shift(
     W = all_steps.shape[1]
     S = state.shape[1]
     d = states.shape[-1]
-    full_states = torch.cat([state, states[:, S:]], dim=1)
-    full_steps = torch.cat([steps, all_steps[:, S:]], dim=1)
+    # the wavefront's slots with this forward's first S replaced (a scatter, not a concatenation
+    # with the last W - S: a compiled graph would specialise to that size being 0 or 1)
+    first = torch.arange(S, device=front.device)[None].expand(all_steps.shape[0], -1)
+    full_states = states.scatter(1, first[..., None].expand(-1, -1, d), state)
+    full_steps = all_steps.scatter(1, first, steps)
     slots = torch.arange(W, device=front.device)[None]
     idx = (slots + commit[:, None]).clamp(max=W - 1)
     states = full_states.gather(1, idx[..., None].expand(-1, -1, d))
