@@ -255,12 +255,14 @@ def decode_token(
 ) -> tuple[Tensor, Tensor]:
     """(logits (B, V), latents (B, 1, d)) of one token at fixed depth through the token graph
     (`graph`: a `FrozenGraph` instead of the shared one)."""
-    c = cache
-    valid = begin_token(c, attention_mask)
-    front = c.layout.front(num_steps)
-    slots = [*range(front), *c.layout.coda()]
-    kv = TokenKV([slot_kv(c, s, valid) for s in slots], front)
+    kv = token_kv(cache, num_steps, begin_token(cache, attention_mask))
     return (graph or compiled_graph("token"))(model, ids, state, rope, kv, num_steps)
+
+
+def token_kv(cache, num_steps: int, valid: Tensor) -> TokenKV:
+    """The storage of every block call of a forward at `num_steps` (prelude, core steps, coda)."""
+    front = cache.layout.front(num_steps)
+    return TokenKV([slot_kv(cache, s, valid) for s in [*range(front), *cache.layout.coda()]], front)
 
 
 def decode_span(
@@ -278,17 +280,13 @@ def decode_span(
     that continue their own `state` for `num_steps` core steps (the parallel sampler's wavefront,
     whose bookkeeping `then` is), as one compiled graph. The width and the context length are
     dynamic dimensions (mark those of `args` too): one graph serves every forward of a generation."""
-    c = cache
-    S = ids.shape[1]
-    valid = begin_token(c, attention_mask, S)
-    front = c.layout.front(num_steps)
-    kvs = [slot_kv(c, s, valid) for s in [*range(front), *c.layout.coda()]]
+    kv = token_kv(cache, num_steps, begin_token(cache, attention_mask, ids.shape[1]))
     for t in (ids, state, rope):
         torch._dynamo.maybe_mark_dynamic(t, 1)
     # the cache's capacity is left to dynamo's automatic dynamic shapes (a new capacity recompiles
     # once, then every capacity shares a graph): marked here, the slot views' shared base would be
     # assumed static without a guard (a stride error on the next cache of another capacity)
-    return compiled_graph("span")(model, ids, state, rope, TokenKV(kvs, front), num_steps, then, args)
+    return compiled_graph("span")(model, ids, state, rope, kv, num_steps, then, args)
 
 
 class CompiledRunner:

@@ -273,8 +273,7 @@ class HuginnStaticCache(Cache):
     def begin(self, S: int) -> None:
         """A new forward of `S` tokens starts (slot 0 is always its first call): finish the previous one."""
         self.finish()
-        if self.length + S > self.capacity:
-            self._grow_capacity(max(self.length + S, 2 * self.capacity))
+        self.reserve(self.length + S)
         self._start, self.length = self.length, self.length + S
         self._fwd_steps = 0
         self._row_steps = None
@@ -356,7 +355,7 @@ class HuginnStaticCache(Cache):
         return valid
 
     def reserve(self, length: int) -> None:
-        """Make room for `length` columns (at least doubling, as `begin` grows)."""
+        """Make room for `length` columns (growing, at least doubling the capacity)."""
         if length > self.capacity:
             self._grow_capacity(max(length, 2 * self.capacity))
 

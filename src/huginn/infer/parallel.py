@@ -317,15 +317,17 @@ def forward(
     last = torch.tensor(wf.last, device=dev)
     thr = parallel.freeze_threshold
     threshold = None if thr is None else torch.tensor(thr, dtype=torch.float32, device=dev)
-    rules = (last, num_steps, threshold, tuple(stopping.eos_ids or ()), sampling)
-    args = (before, steps, gumbel, wf.tokens, cols, real, wf.states, wf.steps, wf.gumbel, wf.front, wf.width, *rules)
-    if compile and S > 1:  # the forward and `settle` as one compiled graph
-        # widths, the wavefront's capacity and the output length vary: one graph for all of them
-        # (views of the wavefront's tensors would tie the width to their capacity: copies)
-        dense = torch.contiguous_format  # standard strides even where B is 1
+    compiled = compile and S > 1  # the forward and `settle` as one compiled graph
+    if compiled:
+        # views of the wavefront's tensors would tie the width to their capacity in the graph: copies,
+        # with standard strides even where B is 1
+        dense = torch.contiguous_format
         state, before, steps = (t.clone(memory_format=dense) for t in (state, before, steps))
         gumbel = gumbel.clone(memory_format=dense) if gumbel is not None else None
-        args = (before, steps, gumbel, *args[3:])
+    rules = (last, num_steps, threshold, tuple(stopping.eos_ids or ()), sampling)
+    args = (before, steps, gumbel, wf.tokens, cols, real, wf.states, wf.steps, wf.gumbel, wf.front, wf.width, *rules)
+    if compiled:
+        # widths, the wavefront's capacity and the output length vary: one graph for all of them
         for t in (state, before, steps, gumbel, cols, real, wf.tokens, wf.states, wf.steps, wf.gumbel):
             if t is not None:
                 torch._dynamo.maybe_mark_dynamic(t, 1)
@@ -448,9 +450,10 @@ def decide(
         converged = converged | (diff < threshold)
     # slot i's input is slot i - 1's proposal (a roll, not a slice of S - 1: a compiled graph would
     # specialise to that size being 1)
-    stale = changed.roll(1, dims=1) & (torch.arange(S, device=real.device) > 0)
+    slot = torch.arange(S, device=real.device)
+    stale = changed.roll(1, dims=1) & (slot > 0)
     commit = (real & converged & ~stale).long().cumprod(dim=1).sum(dim=1)
-    committed = torch.arange(S, device=real.device)[None] < commit[:, None]
+    committed = slot[None] < commit[:, None]
     # a committed stop token ends the row there (the token at the front is always final)
     stop_at = torch.full_like(commit, -1)
     if eos_ids:
