@@ -16,7 +16,7 @@ full-depth forward of the final sequence picks too (`rescored`).
 Every comparison is measured in interleaved rounds (each round times every contender once; each
 keeps its best round): this host's speed drifts by 30% within minutes.
 
-    python benchmarks/bench_parallel.py [--quick] [--threads 2] [--repeats 3] [--compile] [--run runs/quickstart]
+    python benchmarks/bench_parallel.py [--quick] [--threads 2] [--repeats 3] [--compile] [--batches 1,8] [--run runs/quickstart]
 """
 
 from __future__ import annotations
@@ -226,6 +226,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=None, help="a training run (make run: runs/quickstart)")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--run-steps", default="16,32", help="depths for --run, comma-separated")
+    ap.add_argument("--batches", default="1,8", help="batch sizes of the speed part, comma-separated")
     ap.add_argument("--figure", type=Path, default=None, help="only draw the wavefront figure to this PNG")
     ap.add_argument("--skip-speed", action="store_true", help="only the --run part")
     args = ap.parse_args()
@@ -239,7 +240,8 @@ def main() -> None:
         print(
             f"speed: shape small, {args.steps} steps, prompt 64, {new} new tokens, {args.threads} threads", flush=True
         )
-    for B in () if args.skip_speed else (1,) if args.quick else (1, 8):
+    batches = [int(b) for b in args.batches.split(",")]
+    for B in () if args.skip_speed else (1,) if args.quick else batches:
         speed(model, B, args.steps, 64, new, 1 if args.quick else args.repeats, args.quick, args.compile)
     if args.run is not None:
         for steps in (int(n) for n in args.run_steps.split(",")):
