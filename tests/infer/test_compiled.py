@@ -202,3 +202,18 @@ def test_unknown_compile_mode_is_a_clear_error():
 
     with pytest.raises(HuginnError, match="use False, True or 'frozen'"):
         generate(tiny_model(seed=6), torch.ones(1, 3, dtype=torch.long), Depth(2), Stopping(2), compile="fast")
+
+
+@pytest.mark.compile
+def test_compiled_decode_compiles_the_token_graph_once_per_generation():
+    """Every token of a generation reuses one graph: the fed tokens' strides do not change as the
+    sequences grow (a view of the last column once did, and each token compiled anew)."""
+    torch._dynamo.reset()  # dynamo's memory of earlier tests' shapes would hide a recompile
+    model = tiny_model(seed=6)
+    ids = torch.randint(1, 200, (3, 5))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        eager = generate(model, ids, Depth(2, init_scale=0.0), Stopping(5))
+        comp = generate(model, ids, Depth(2, init_scale=0.0), Stopping(5), compile=True)
+    assert torch.equal(comp.sequences, eager.sequences)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1

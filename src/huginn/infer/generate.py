@@ -370,7 +370,10 @@ class Output:
 
     @property
     def last(self) -> Tensor:
-        return self.sequences[:, -1]
+        """(B,) the tokens pushed last; a copy, not a view: a view's stride grows with the
+        sequences, and each new stride made the compiled token graph compile again (at batch 8
+        and 32 steps, a dynamic-shape compile of ~20 minutes on a CPU)."""
+        return self.sequences[:, -1].contiguous()
 
     def push(self, tok: Tensor, steps: Tensor) -> bool:
         """Append `tok` (B,), computed with `steps` (B,); False once every row stopped or
