@@ -13,6 +13,14 @@ calls per token; the Llama has 36 layers of the same width, heads, GLU width and
 adapters get pre-tokenized requests (`_loglikelihood_tokens`, which `loglikelihood` and
 `loglikelihood_rolling` call after tokenizing), so tokenization is not timed. Each timing is the
 best of `--reps` runs, the two models alternating. Prints requests/s and huginn's ratio.
+
+huginn's products go through the kernel `huginn.model.products` picks for this host (oneDNN where
+it is faster than `F.linear`'s BLAS, e.g. on AMD processors); the run also times huginn on
+`F.linear`, the kernel the `hf` model uses, so the ratio at equal kernels is printed beside the
+ratio users get. After the rolling task it prints the products each model computes there (the
+cost model's FLOPs: matmul weights and causal attention; the Llama's are huginn's without the
+adapter), the rate each achieved, and the best rate of each kernel on the model's own weight
+shapes on this host.
 """
 
 from __future__ import annotations
@@ -80,6 +88,39 @@ def rolling_requests(n: int, vocab: int, max_length: int, seed: int = 1):
     return reqs
 
 
+def product_flops(cfg, steps: int, lengths: list[int]) -> tuple[float, float]:
+    """(huginn, Llama) FLOPs of forwards over sequences of `lengths` tokens: the cost model's matmul
+    weights plus causal attention (a query at position i attends to i + 1 keys). The Llama of equal
+    materialized depth has the same blocks and head and no adapter."""
+    from huginn.model.cost import flops_per_token, param_counts
+
+    adapter = 2 * steps * param_counts(cfg).adapter  # FLOPs per token
+    huginn = sum(n * flops_per_token(cfg, steps, context=0) for n in lengths)
+    n_blocks = cfg.n_layers_in_prelude + cfg.n_layers_in_coda + steps * cfg.n_layers_in_recurrent_block
+    attention = sum(4 * n_blocks * cfg.n_heads * cfg.head_dim * n * (n + 1) / 2 for n in lengths)
+    return huginn + attention, huginn - adapter * sum(lengths) + attention
+
+
+def gemm_rate(model, row_counts: tuple[int, ...], product, reps: int = 5) -> float:
+    """The best FLOP/s of `product(x, weight)` here over the model's own weight shapes and
+    `row_counts` input rows (a whole batch's tokens, one sequence's)."""
+    import itertools
+
+    best = 0.0
+    weights = {tuple(m.weight.shape): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    with torch.inference_mode():
+        for rows, w in itertools.product(row_counts, weights.values()):
+            x = torch.randn(rows, w.shape[1])
+            product(x, w)
+            t = float("inf")
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                product(x, w)
+                t = min(t, time.perf_counter() - t0)
+            best = max(best, 2 * rows * w.shape[0] * w.shape[1] / t)
+    return best
+
+
 def timed(lm, reqs) -> float:
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -101,6 +142,9 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
 
     from huginn.eval.lm import HuginnLM
+    from huginn.model import products
+
+    chosen = products.onednn_faster()
 
     huginn, llama, layers = models(args.steps)
     tok = tokenizer()
@@ -109,7 +153,8 @@ def main() -> None:
     vocab = huginn.model_config.vocab_size
     print(
         f"huginn small (2+4+2, width 256) at {args.steps} steps vs Llama with {layers} layers; fp32, "
-        f"batch {args.batch_size}, {torch.get_num_threads()} thread(s)"
+        f"batch {args.batch_size}, {torch.get_num_threads()} thread(s); huginn's products on "
+        f"{'oneDNN' if chosen else 'F.linear'} (huginn.model.products' choice for this host)"
     )
     for name, reqs, lm_max in (
         (f"multiple choice ({args.questions} x 4 choices, ctx ~256, choices ~8)", mc_requests(args.questions, vocab), 512),
@@ -118,15 +163,32 @@ def main() -> None:
     ):  # fmt: skip
         ours._max_length = lm_max
         hf._max_length = lm_max
-        timed(ours, reqs[: args.batch_size])  # warm-up
+        t_ours, t_same, t_hf = float("inf"), float("inf"), float("inf")
+        for kernel in (chosen, False):
+            with products.forced(kernel):
+                timed(ours, reqs[: args.batch_size])  # warm-up
         timed(hf, reqs[: args.batch_size])
-        t_ours, t_hf = float("inf"), float("inf")
         for _ in range(args.reps):
             t_ours = min(t_ours, timed(ours, reqs))
+            with products.forced(False):
+                t_same = min(t_same, timed(ours, reqs))
             t_hf = min(t_hf, timed(hf, reqs))
-        r_ours, r_hf = len(reqs) / t_ours, len(reqs) / t_hf
+        r_ours, r_same, r_hf = (len(reqs) / t for t in (t_ours, t_same, t_hf))
         print(f"{name}: {len(reqs)} requests")
-        print(f"  huginn {r_ours:8.2f} req/s   lm-eval hf (Llama) {r_hf:8.2f} req/s   ratio {r_ours / r_hf:.2f}x")
+        print(
+            f"  huginn {r_ours:8.2f} req/s   lm-eval hf (Llama) {r_hf:8.2f} req/s   ratio {r_ours / r_hf:.2f}x"
+            f"   (huginn on F.linear, hf's kernel: {r_same:.2f} req/s, {r_same / r_hf:.2f}x)"
+        )
+    # the rolling task's products and the rate each model achieved on them
+    f_ours, f_hf = product_flops(huginn.model_config, args.steps, [len(c) + len(x) - 1 for _, c, x in reqs])
+    rows = (args.batch_size * args.max_length, args.max_length)
+    blas = gemm_rate(huginn, rows, torch.nn.functional.linear)
+    onednn = gemm_rate(huginn, rows, lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""))
+    print(
+        f"  products: huginn {f_ours / 1e9:.0f} GFLOP at {f_ours / t_ours / 1e9:.0f} GFLOP/s "
+        f"({f_ours / t_same / 1e9:.0f} on F.linear), the Llama {f_hf / 1e9:.0f} GFLOP at {f_hf / t_hf / 1e9:.0f} "
+        f"GFLOP/s; best rate on the model's weight shapes here: F.linear {blas / 1e9:.0f}, oneDNN {onednn / 1e9:.0f} GFLOP/s"
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Shape `small` (2+4+2 layers, width 256, 4 heads, GLU 768, vocab 4096), 8 core steps, 64-token
 prompt, 64 new tokens, CPU, 2 threads. Baseline: transformers' LlamaForCausalLM with the same
 materialised depth (2 + 4*8 + 2 = 36 layers) and width, measured in the same run. fp32 compiled
-decoding is also measured with its linears on BLAS instead of huginn's packed kernel.
+decoding is also measured with its linears on BLAS instead of huginn's packed kernel, and the fp32
+prefill with its products on `F.linear` (BLAS) instead of the kernel `huginn.model.products`
+picks for this host.
 
 The host's speed drifts by 30% and more over minutes, so every comparison is measured in
 interleaved rounds (each round times every contender once) and each contender keeps its best round:
@@ -27,6 +29,7 @@ from huginn import RavenConfig, RavenForCausalLM, named_shape
 from huginn.infer import compiled, packed_linear
 from huginn.infer.generate import Depth, Stopping, generate
 from huginn.infer.kv_cache import CachePolicy, HuginnStaticCache
+from huginn.model import products
 
 STEPS, PROMPT, NEW = 8, 64, 64
 
@@ -86,6 +89,17 @@ def blas(model, B: int, prompt: int, new: int) -> tuple[Timer, dict]:
             return once()
 
     return timer, info
+
+
+def on_f_linear(timer: tuple[Timer, dict]) -> tuple[Timer, dict]:
+    """`timer` with the model's products on `F.linear` (`products.forced(False)`)."""
+    once, info = timer
+
+    def forced() -> tuple[float, float]:
+        with products.forced(False):
+            return once()
+
+    return forced, info
 
 
 def llama(B: int, prompt: int, new: int, dtype) -> tuple[Timer, dict]:
@@ -171,6 +185,7 @@ def main() -> None:
             "compiled": ours(model, B, PROMPT, new, compile=True),
             "blas": blas(model, B, PROMPT, new),
             "eager": ours(model, B, PROMPT, new),
+            "eager-f.linear": on_f_linear(ours(model, B, PROMPT, new)),
             "llama": llama(B, PROMPT, new, torch.float32),
         }
         if B == 1:
@@ -186,9 +201,11 @@ def main() -> None:
             f"first call incl. compilation {r['compiled']['warmup_s']:.1f} s",
             flush=True,
         )
+        pre, pre_blas, pre_ll = (r[k]["prefill_tok_s"] for k in ("eager", "eager-f.linear", "llama"))
         print(
-            f"fp32 batch {B}: prefill {r['eager']['prefill_tok_s']:8.1f} tok/s (x{r['eager']['prefill_tok_s'] / r['llama']['prefill_tok_s']:.2f} "
-            f"llama-36 {r['llama']['prefill_tok_s']:.1f})  KV {r['eager']['kv_bytes'] / 2**20:.2f} MiB",
+            f"fp32 batch {B}: prefill {pre:8.1f} tok/s (x{pre / pre_ll:.2f} llama-36 {pre_ll:.1f}; x{pre / pre_blas:.2f} "
+            f"products on F.linear {pre_blas:.1f}, which is x{pre_blas / pre_ll:.2f} llama; "
+            f"products on {'oneDNN' if products.onednn_faster() else 'F.linear'})  KV {r['eager']['kv_bytes'] / 2**20:.2f} MiB",
             flush=True,
         )
 

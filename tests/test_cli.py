@@ -79,3 +79,11 @@ def test_bad_numbers_are_refused_in_one_line(args, needle, capsys):
 def test_info_context_is_used(capsys):
     code, out, _ = _main(["info", "tiny", "--json", "--context", "1", "--steps", "1"], capsys)
     assert code == 0 and json.loads(out)["context"] == 1
+
+
+def test_a_bad_huginn_gemm_is_refused_before_the_command_runs(capsys, monkeypatch):
+    monkeypatch.setenv("HUGINN_GEMM", "fast")
+    code, stdout, err = _main(["demo", "--shape", "tiny", "--steps", "1", "--seq-len", "8"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and stdout == "" and len(lines) == 1, err
+    assert "HUGINN_GEMM must be one of auto, blas, onednn, got 'fast'" in lines[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 import click
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     from huginn.errors import HuginnError
 
     try:
+        if "HUGINN_GEMM" in os.environ:  # a bad value fails here, before any command writes anything
+            from huginn.model.products import gemm_mode
+
+            gemm_mode()
         cli.main(args=argv, prog_name="huginn", standalone_mode=False)
     except HuginnError as err:
         click.echo(f"huginn: error: {err}", err=True)

@@ -113,7 +113,7 @@ def _forward(self: nn.Linear, x: Tensor) -> Tensor:  # only attached where the k
     if x.numel() <= MAX_ROWS * x.shape[-1]:
         y = torch.ops.huginn.packed_linear(x, self.packed, self.out_features)
         return y if self.bias is None else y + self.bias
-    return F.linear(x, self.weight, self.bias)
+    return type(self).forward(self, x)  # the class's product (huginn.model.products.Linear)
 
 
 def can_pack(linear: nn.Module) -> bool:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from huginn.config import ModelConfig
+from huginn.model.products import Linear
 
 
 class KVCache(Protocol):
@@ -158,7 +159,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.Wqkv = nn.Linear(cfg.n_embd, (self.n_heads + 2 * self.n_kv) * self.hd, bias=False)
+        self.Wqkv = Linear(cfg.n_embd, (self.n_heads + 2 * self.n_kv) * self.hd, bias=False)
         self.qk_bias: nn.Parameter | None
         self.q_norm: RMSNorm | None
         self.k_norm: RMSNorm | None
@@ -171,7 +172,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.n_kv * self.hd, cfg.norm_eps)
         else:
             self.q_norm = self.k_norm = None
-        self.proj = nn.Linear(self.n_heads * self.hd, cfg.n_embd, bias=False)
+        self.proj = Linear(self.n_heads * self.hd, cfg.n_embd, bias=False)
 
     def heads(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(q, k, v) of input `x`, (B, S, H | KV, hd), q and k after qk norm or bias and RoPE: the
@@ -220,8 +221,8 @@ class Attention(nn.Module):
 class GatedMLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 2 * cfg.intermediate_size, bias=False)  # rows [gate | up]
-        self.proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
+        self.fc = Linear(cfg.n_embd, 2 * cfg.intermediate_size, bias=False)  # rows [gate | up]
+        self.proj = Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.fc(x).chunk(2, dim=-1)

@@ -36,6 +36,7 @@ from huginn.model.layers import (
     rope_table,
     run_blocks,
 )
+from huginn.model.products import Linear
 from huginn.model.recurrence import Recurrence, Schedule, StepHook, recur
 from huginn.model.slots import SlotLayout
 
@@ -214,12 +215,12 @@ class RecurrentLM(nn.Module):
             "prelude": nn.ModuleList(block(cfg) for _ in range(cfg.n_layers_in_prelude)),
         }
         if cfg.injection_type == "linear":
-            modules["adapter"] = nn.Linear(2 * d, d, bias=False)  # input columns [state | e]
+            modules["adapter"] = Linear(2 * d, d, bias=False)  # input columns [state | e]
         modules["core_block"] = nn.ModuleList(block(cfg) for _ in range(cfg.n_layers_in_recurrent_block))
         modules["coda"] = nn.ModuleList(block(cfg) for _ in range(cfg.n_layers_in_coda))
         modules["ln_f"] = RMSNorm(d, cfg.norm_eps)
         self.transformer = Transformer(modules)
-        self.lm_head = nn.Linear(d, cfg.padded_vocab_size, bias=False)
+        self.lm_head = Linear(d, cfg.padded_vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         # persistent, as published: the checkpoint carries the table and we use it as stored

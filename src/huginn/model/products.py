@@ -1,0 +1,124 @@
+"""The model's matrix products (`Linear`): which CPU kernel runs an fp32 product without gradients.
+
+PyTorch's CPU `F.linear` calls MKL's sgemm on x86, and on AMD processors MKL runs its AVX2 code;
+oneDNN, which every x86 PyTorch build also carries, runs AVX-512 there. On the model's products
+(256-2,048 rows, width 256, one thread, a 2-core Zen 5 EPYC) oneDNN measured 2.1-2.3x MKL. On
+Intel processors MKL runs AVX-512 itself. So the first eligible product of a process times both
+kernels on one product of the model's size and keeps the faster (`onednn_faster`);
+HUGINN_GEMM=blas or HUGINN_GEMM=onednn chooses instead of timing.
+
+Eligible: fp32 on the CPU, at least `MIN_ROWS` rows (below that oneDNN's larger fixed cost per
+call loses: 0.6-0.9x MKL at 2 rows, break-even near 8), no gradient to record (oneDNN's product
+has no autograd kernel: training keeps `F.linear`), no autocast (which casts `F.linear`'s
+inputs), a contiguous weight, outside compiled graphs (inductor picks its own kernels). Everything
+else is `F.linear`. The kernels sum in different orders, so outputs differ in fp32 rounding (a
+product's largest error against fp64 within 2.5x of MKL's); each is deterministic, and a row's
+result does not depend on the other rows (measured from 2 rows up).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from huginn.errors import HuginnError
+
+MIN_ROWS = 16
+BACKENDS = ("auto", "blas", "onednn")
+_choice: dict[str, bool] = {}
+
+
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _best_time(fn, reps: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def probe() -> bool:
+    """Whether oneDNN runs a product of the model's size (256 x 512 by 512 x 1,024, fp32) at least
+    10% faster than `F.linear` here, at the current thread count (~30 ms, once per process)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(256, 512, generator=g), torch.randn(1024, 512, generator=g)
+    with torch.inference_mode():
+        try:
+            onednn = _best_time(lambda: _onednn(x, w, None))
+        except (RuntimeError, AttributeError):  # a build without the op
+            return False
+        blas = _best_time(lambda: F.linear(x, w))
+    return onednn * 1.1 < blas
+
+
+def gemm_mode() -> str:
+    """HUGINN_GEMM, checked: auto (the default), blas or onednn."""
+    mode = os.environ.get("HUGINN_GEMM", "auto").strip().lower() or "auto"
+    if mode not in BACKENDS:
+        raise HuginnError(f"HUGINN_GEMM must be one of {', '.join(BACKENDS)}, got {mode!r}")
+    return mode
+
+
+def onednn_faster() -> bool:
+    """The kernel choice of this process: HUGINN_GEMM, and with `auto` the `probe`."""
+    if "onednn" not in _choice:
+        mode = gemm_mode()
+        _choice["onednn"] = probe() if mode == "auto" else mode == "onednn"
+    return _choice["onednn"]
+
+
+@contextmanager
+def forced(onednn: bool) -> Iterator[None]:
+    """Within the block, eligible products take oneDNN (`onednn`) or `F.linear`, whatever this
+    process chose (benchmarks time both kernels in one run)."""
+    before = _choice.get("onednn")
+    _choice["onednn"] = onednn
+    try:
+        yield
+    finally:
+        if before is None:
+            _choice.pop("onednn")
+        else:
+            _choice["onednn"] = before
+
+
+def use_onednn(x: Tensor, weight: Tensor) -> bool:
+    """Whether the product x @ weight^T takes the oneDNN path (see the module docstring)."""
+    return (
+        not torch.compiler.is_compiling()
+        and x.numel() >= MIN_ROWS * x.shape[-1]
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")  # autocast casts F.linear's inputs: keep its dtype
+        and weight.is_contiguous()
+        and onednn_faster()
+    )
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.linear(x, weight, bias)`, through oneDNN where `use_onednn` says so."""
+    if use_onednn(x, weight):
+        return _onednn(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters, same state dict) whose products go through `linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
