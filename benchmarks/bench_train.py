@@ -4,7 +4,9 @@
     python benchmarks/bench_train.py --loss          # peak memory: chunked vs plain head + cross-entropy
 
 Step benchmark: the `small` shape (2+4+2 layers, width 256, GLU 768, vocab 4096), 4 no-grad + 4 grad
-core steps, batch 4 x 256, AdamW, CPU. "fp32-compiled" compiles every block (`train.compile: true`).
+core steps, batch 4 x 256, AdamW, CPU. "fp32-compiled" compiles every block (`train.compile: true`);
+"fp32-blas" keeps every product on `F.linear` (HUGINN_GEMM=blas), where "fp32" uses the kernel
+`huginn.model.products` picks for the host (oneDNN on AMD processors).
 Each variant runs in its own process (peak RSS is
 per process) from the same initial weights on the same batches, so their loss curves must agree.
 Prints tokens/s (median over the timed steps), peak memory above the pre-training baseline, and the
@@ -58,6 +60,8 @@ class PeakRSS:
 
 
 def step_worker(precision: str, steps: int, warmup: int, threads: int, chunk: int) -> dict:
+    if precision == "fp32-blas":
+        os.environ["HUGINN_GEMM"] = "blas"
     import torch
 
     from huginn import RecurrentLM, named_shape
@@ -188,7 +192,7 @@ def main() -> None:
         f"train step: small shape (2+4+2, d=256, GLU 768, vocab 4096), 4 no-grad + 4 grad steps, batch 4x256, "
         f"{a.threads} threads, median of {a.steps} steps after {a.warmup} warm-up"
     )
-    rows = [run_child([*common, "--child", "step", p]) for p in ("fp32", "fp32-compiled", "bf16")]
+    rows = [run_child([*common, "--child", "step", p]) for p in ("fp32", "fp32-compiled", "bf16", "fp32-blas")]
     print(
         f"{'variant':>14} {'tokens/s':>10} {'s/step':>8} {'peak MiB':>9} {'GFLOP/s':>8} {'matmul peak':>12} {'of peak':>8}"
     )
@@ -202,7 +206,8 @@ def main() -> None:
     )
     print(
         f"compiled / eager fp32: {rows[1]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x; bf16 / fp32: "
-        f"{rows[2]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x"
+        f"{rows[2]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x; fp32 / fp32 on F.linear: "
+        f"{rows[0]['tokens_per_s'] / rows[3]['tokens_per_s']:.2f}x"
     )
     for r in rows:  # the reference's tokens/s moved to this CPU in proportion to the fp32 matmul peak
         ref = 730 * rows[0]["matmul_peak_gflop_per_s"] / 160
@@ -210,9 +215,9 @@ def main() -> None:
             f"  {r['precision']}: {r['tokens_per_s'] / 730:.2f}x the reference's ~730 tok/s; "
             f"{r['tokens_per_s'] / ref:.2f}x the reference scaled to this CPU's fp32 peak ({ref:.0f} tok/s)"
         )
-    print("loss per step (fp32 | fp32-compiled | bf16):")
-    for i, (x, c, y) in enumerate(zip(*(r["losses"] for r in rows))):
-        print(f"  {i:>3} {x:.4f} | {c:.4f} | {y:.4f}  (bf16 diff {abs(x - y) / x:.2%})")
+    print("loss per step (fp32 | fp32-compiled | bf16 | fp32-blas):")
+    for i, (x, c, y, b) in enumerate(zip(*(r["losses"] for r in rows))):
+        print(f"  {i:>3} {x:.4f} | {c:.4f} | {y:.4f} | {b:.4f}  (bf16 diff {abs(x - y) / x:.2%})")
 
 
 if __name__ == "__main__":

@@ -59,14 +59,6 @@ def test_only_eligible_products_take_onednn(calls):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert lin(x).dtype == torch.bfloat16  # autocast's cast, not an fp32 product
     assert seen == []
-    # training: the gradient flows through F.linear and is right
-    y = lin(x)
-    y.square().sum().backward()
-    assert seen == []
-    w = lin.weight.detach().double().requires_grad_()
-    F.linear(x.double(), w, lin.bias.detach().double()).square().sum().backward()
-    assert lin.weight.grad is not None and w.grad is not None
-    torch.testing.assert_close(lin.weight.grad.double(), w.grad, atol=1e-4, rtol=1e-5)
     with torch.inference_mode():
         lin(x[:2])  # 16 rows
     assert seen == [(2, 8, 32)]
@@ -76,22 +68,59 @@ def test_only_eligible_products_take_onednn(calls):
     assert len(seen) == 1
 
 
-def test_model_forward_through_onednn_matches_fp64(calls):
+@pytest.mark.parametrize("bias", [False, True])
+def test_onednn_gradients_equal_fp64(calls, bias):
+    """Training through oneDNN: the forward and the backward's two products (grad_x, grad_weight)
+    run there, and every gradient matches an fp64 F.linear's."""
+    seen = calls(True)
+    g = torch.Generator().manual_seed(1)
+    lin = products.Linear(32, 24, bias=bias)
+    x = torch.randn(3, 9, 32, generator=g, requires_grad=True)
+    up = torch.randn(3, 9, 24, generator=g)
+    (lin(x) * up).sum().backward()
+    assert len(seen) == 3  # forward, grad_x, grad_weight
+    x64 = x.detach().double().requires_grad_()
+    w64 = lin.weight.detach().double().requires_grad_()
+    b64 = lin.bias.detach().double().requires_grad_() if bias else None
+    (F.linear(x64, w64, b64) * up.double()).sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None and x64.grad is not None and w64.grad is not None
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lin.weight.grad.double(), w64.grad, atol=1e-5, rtol=1e-5)
+    if bias:
+        assert lin.bias.grad is not None and b64 is not None and b64.grad is not None
+        torch.testing.assert_close(lin.bias.grad.double(), b64.grad, atol=1e-5, rtol=1e-5)
+    # a frozen weight: only grad_x is computed
+    lin.weight.requires_grad_(False)
+    seen.clear()
+    lin(x).sum().backward()
+    assert len(seen) == 2
+
+
+def test_model_forward_and_gradients_through_onednn_match_fp64(calls):
     model = tiny_model(seed=2)
     ids = torch.randint(1, 200, (2, 24))
-    logits = {}
+    logits, grads = {}, {}
     for onednn in (False, True):
         seen = calls(onednn)
         before = len(seen)
+        model.zero_grad()
         torch.manual_seed(5)
-        with torch.no_grad():
-            logits[onednn] = model(ids).logits.double()
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        logits[onednn] = out.logits.detach().double()
+        grads[onednn] = {n: p.grad.double() for n, p in model.named_parameters() if p.grad is not None}
         assert (len(seen) > before) == onednn
+    model = model.double()
+    model.zero_grad()
     torch.manual_seed(5)
-    with torch.no_grad():
-        ref = model.double()(ids).logits
-    for got in logits.values():
-        torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    for onednn in (False, True):
+        torch.testing.assert_close(logits[onednn], out.logits.detach(), atol=2e-5, rtol=1e-5)
+        assert grads[onednn].keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+        for n, p in model.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(grads[onednn][n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
 
 
 def test_the_choice_comes_from_huginn_gemm(monkeypatch):

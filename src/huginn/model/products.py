@@ -1,4 +1,4 @@
-"""The model's matrix products (`Linear`): which CPU kernel runs an fp32 product without gradients.
+"""The model's matrix products (`Linear`): which CPU kernel runs an fp32 product.
 
 PyTorch's CPU `F.linear` calls MKL's sgemm on x86, and on AMD processors MKL runs its AVX2 code;
 oneDNN, which every x86 PyTorch build also carries, runs AVX-512 there. On the model's products
@@ -8,12 +8,13 @@ kernels on one product of the model's size and keeps the faster (`onednn_faster`
 HUGINN_GEMM=blas or HUGINN_GEMM=onednn chooses instead of timing.
 
 Eligible: fp32 on the CPU, at least `MIN_ROWS` rows (below that oneDNN's larger fixed cost per
-call loses: 0.6-0.9x MKL at 2 rows, break-even near 8), no gradient to record (oneDNN's product
-has no autograd kernel: training keeps `F.linear`), no autocast (which casts `F.linear`'s
+call loses: 0.6-0.9x MKL at 2 rows, break-even near 8), no autocast (which casts `F.linear`'s
 inputs), a contiguous weight, outside compiled graphs (inductor picks its own kernels). Everything
-else is `F.linear`. The kernels sum in different orders, so outputs differ in fp32 rounding (a
-product's largest error against fp64 within 2.5x of MKL's); each is deterministic, and a row's
-result does not depend on the other rows (measured from 2 rows up).
+else is `F.linear`. oneDNN's product has no autograd kernel, so where a gradient is recorded
+`OneDNNProduct` runs the backward's two products on oneDNN too. The kernels sum in different
+orders, so outputs differ in fp32 rounding (a product's largest error against fp64 within 2.5x of
+MKL's); each is deterministic, and a row's result does not depend on the other rows (measured
+from 2 rows up).
 """
 
 from __future__ import annotations
@@ -103,18 +104,49 @@ def use_onednn(x: Tensor, weight: Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.device.type == "cpu"
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.is_autocast_enabled("cpu")  # autocast casts F.linear's inputs: keep its dtype
         and weight.is_contiguous()
         and onednn_faster()
     )
 
 
+class OneDNNProduct(torch.autograd.Function):
+    """x @ weight^T (+ bias) on oneDNN, and its backward's two products on oneDNN too:
+    grad_x = grad @ weight, grad_weight = grad^T @ x (the rows of every token summed)."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.shape[-1])  # (M, N)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn(grad, weight.t().contiguous(), None)  # (..., N) @ (N, K)
+        if ctx.needs_input_grad[1]:
+            grad_w = _onednn(rows.t(), x.reshape(-1, x.shape[-1]).t().contiguous(), None)  # (N, M) @ (M, K)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = rows.sum(0)
+        return grad_x, grad_w, grad_b
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear(x, weight, bias)`, through oneDNN where `use_onednn` says so."""
-    if use_onednn(x, weight):
-        return _onednn(x, weight, bias)
-    return F.linear(x, weight, bias)
+    if not use_onednn(x, weight):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return OneDNNProduct.apply(x, weight, bias)
+    return _onednn(x, weight, bias)
 
 
 class Linear(nn.Linear):
