@@ -95,29 +95,25 @@ def product_flops(cfg, steps: int, lengths: list[int]) -> tuple[float, float]:
     from huginn.model.cost import flops_per_token, param_counts
 
     adapter = 2 * steps * param_counts(cfg).adapter  # FLOPs per token
+    per_key = flops_per_token(cfg, steps, context=1) - flops_per_token(cfg, steps, context=0)  # attention
     huginn = sum(n * flops_per_token(cfg, steps, context=0) for n in lengths)
-    n_blocks = cfg.n_layers_in_prelude + cfg.n_layers_in_coda + steps * cfg.n_layers_in_recurrent_block
-    attention = sum(4 * n_blocks * cfg.n_heads * cfg.head_dim * n * (n + 1) / 2 for n in lengths)
+    attention = sum(per_key * n * (n + 1) / 2 for n in lengths)
     return huginn + attention, huginn - adapter * sum(lengths) + attention
 
 
-def gemm_rate(model, row_counts: tuple[int, ...], product, reps: int = 5) -> float:
+def gemm_rate(model, row_counts: tuple[int, ...], product) -> float:
     """The best FLOP/s of `product(x, weight)` here over the model's own weight shapes and
     `row_counts` input rows (a whole batch's tokens, one sequence's)."""
     import itertools
+
+    from huginn.model.products import best_time
 
     best = 0.0
     weights = {tuple(m.weight.shape): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}
     with torch.inference_mode():
         for rows, w in itertools.product(row_counts, weights.values()):
             x = torch.randn(rows, w.shape[1])
-            product(x, w)
-            t = float("inf")
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                product(x, w)
-                t = min(t, time.perf_counter() - t0)
-            best = max(best, 2 * rows * w.shape[0] * w.shape[1] / t)
+            best = max(best, 2 * rows * w.shape[0] * w.shape[1] / best_time(lambda x=x, w=w: product(x, w)))
     return best
 
 
@@ -183,7 +179,7 @@ def main() -> None:
     f_ours, f_hf = product_flops(huginn.model_config, args.steps, [len(c) + len(x) - 1 for _, c, x in reqs])
     rows = (args.batch_size * args.max_length, args.max_length)
     blas = gemm_rate(huginn, rows, torch.nn.functional.linear)
-    onednn = gemm_rate(huginn, rows, lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""))
+    onednn = gemm_rate(huginn, rows, products.onednn_linear)
     print(
         f"  products: huginn {f_ours / 1e9:.0f} GFLOP at {f_ours / t_ours / 1e9:.0f} GFLOP/s "
         f"({f_ours / t_same / 1e9:.0f} on F.linear), the Llama {f_hf / 1e9:.0f} GFLOP at {f_hf / t_hf / 1e9:.0f} "

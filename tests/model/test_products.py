@@ -18,13 +18,13 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 def calls(monkeypatch):
     """Force the kernel choice (`set(True | False)`) and count the products oneDNN runs."""
     seen: list[tuple[int, ...]] = []
-    real = products._onednn
+    real = products.onednn_linear
 
     def spy(x, weight, bias):
         seen.append(tuple(x.shape))
         return real(x, weight, bias)
 
-    monkeypatch.setattr(products, "_onednn", spy)
+    monkeypatch.setattr(products, "onednn_linear", spy)
 
     def choose(onednn: bool) -> list[tuple[int, ...]]:
         monkeypatch.setitem(products._choice, "onednn", onednn)

@@ -35,11 +35,13 @@ BACKENDS = ("auto", "blas", "onednn")
 _choice: dict[str, bool] = {}
 
 
-def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.linear(x, weight, bias)` on oneDNN (inference only: no autograd kernel; `linear` chooses)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def _best_time(fn, reps: int = 5) -> float:
+def best_time(fn, reps: int = 5) -> float:
+    """The best wall time of `reps` calls of `fn` after one warm-up call."""
     fn()
     best = float("inf")
     for _ in range(reps):
@@ -58,10 +60,10 @@ def probe() -> bool:
     x, w = torch.randn(256, 512, generator=g), torch.randn(1024, 512, generator=g)
     with torch.inference_mode():
         try:
-            onednn = _best_time(lambda: _onednn(x, w, None))
+            onednn = best_time(lambda: onednn_linear(x, w, None))
         except (RuntimeError, AttributeError):  # a build without the op
             return False
-        blas = _best_time(lambda: F.linear(x, w))
+        blas = best_time(lambda: F.linear(x, w))
     return onednn * 1.1 < blas
 
 
@@ -116,7 +118,7 @@ class OneDNNProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return _onednn(x, weight, bias)
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -130,9 +132,9 @@ class OneDNNProduct(torch.autograd.Function):
         rows = grad.reshape(-1, grad.shape[-1])  # (M, N)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn(grad, weight.t().contiguous(), None)  # (..., N) @ (N, K)
+            grad_x = onednn_linear(grad, weight.t().contiguous(), None)  # (..., N) @ (N, K)
         if ctx.needs_input_grad[1]:
-            grad_w = _onednn(rows.t(), x.reshape(-1, x.shape[-1]).t().contiguous(), None)  # (N, M) @ (M, K)
+            grad_w = onednn_linear(rows.t(), x.reshape(-1, x.shape[-1]).t().contiguous(), None)  # (N, M) @ (M, K)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = rows.sum(0)
         return grad_x, grad_w, grad_b
@@ -146,7 +148,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
         return OneDNNProduct.apply(x, weight, bias)
-    return _onednn(x, weight, bias)
+    return onednn_linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
