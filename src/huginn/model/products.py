@@ -2,13 +2,14 @@
 
 PyTorch's CPU `F.linear` calls MKL's sgemm on x86, and on AMD processors MKL runs its AVX2 code;
 oneDNN, which every x86 PyTorch build also carries, runs AVX-512 there. On the model's products
-(256-2,048 rows, width 256, one thread, a 2-core Zen 5 EPYC) oneDNN measured 2.1-2.3x MKL. On
+(256-2,048 rows, width 256, one thread, a 2-core Zen 5 EPYC) oneDNN measured 1.7-2.3x MKL
+(`benchmarks/bench_products.py`). On
 Intel processors MKL runs AVX-512 itself. So the first eligible product of a process times both
 kernels on one product of the model's size and keeps the faster (`onednn_faster`);
 HUGINN_GEMM=blas or HUGINN_GEMM=onednn chooses instead of timing.
 
 Eligible: fp32 on the CPU, at least `MIN_ROWS` rows (below that oneDNN's larger fixed cost per
-call loses: 0.6-0.9x MKL at 2 rows, break-even near 8), no autocast (which casts `F.linear`'s
+call loses: 0.4-0.9x MKL at 2 rows, break-even between 8 and 16 by shape), no autocast (which casts `F.linear`'s
 inputs), a contiguous weight, outside compiled graphs (inductor picks its own kernels). Everything
 else is `F.linear`. oneDNN's product has no autograd kernel, so where a gradient is recorded
 `OneDNNProduct` runs the backward's two products on oneDNN too. The kernels sum in different
